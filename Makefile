@@ -1,0 +1,65 @@
+# Modelyard: one entry point for set-up, code generation, checks, tests, benchmarks and the demo.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(wildcard protos/modelyard/api/*.proto)
+GEN_DIR := build/proto
+GENERATE = rm -rf $(GEN_DIR) && mkdir -p $(GEN_DIR) && $(PY) -m grpc_tools.protoc -I protos \
+	--python_out=$(GEN_DIR) --grpc_python_out=$(GEN_DIR) --mypy_out=$(GEN_DIR) --mypy_grpc_out=$(GEN_DIR) \
+	--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+	--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc $(PROTO_SRC)
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup proto proto-check lint test test-unit test-integration test-e2e bench demo clean
+
+# The stamp depends on what decides the installed set, so editing either reinstalls.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch is named here and pinned in constraints.txt, so pip never pulls a CUDA build.
+	$(PIP) install --disable-pip-version-check -q -c constraints.txt "torch==2.13.0" -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Generated code lives in services/api; never edit it by hand.
+proto: $(STAMP)
+	$(GENERATE)
+	rm -f services/api/*_pb2*.py services/api/*_pb2*.pyi
+	cp $(GEN_DIR)/modelyard/api/*_pb2*.py* services/api/
+
+# Fails when the committed generated code differs from what `make proto` would write.
+proto-check: $(STAMP)
+	$(GENERATE)
+	@for f in $(GEN_DIR)/modelyard/api/*_pb2*.py*; do \
+		cmp -s $$f services/api/$$(basename $$f) || { echo "stale generated code: services/api/$$(basename $$f); run make proto"; exit 1; }; \
+	done
+	@echo "generated code is fresh"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check services tests
+	$(VENV)/bin/ruff format --check services tests
+	$(VENV)/bin/mypy
+
+test: $(STAMP) proto-check lint
+	$(VENV)/bin/pytest -q
+
+test-unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit
+
+test-integration: $(STAMP)
+	$(VENV)/bin/pytest -q tests/integration
+
+bench: $(STAMP)
+	$(PY) -m modelyard.benchmarks.report
+
+demo: $(STAMP)
+	$(PY) -m modelyard.cli.demo
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

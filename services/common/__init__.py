@@ -1,0 +1,1 @@
+"""Shared by every Modelyard server: bootstrap, health, reflection, errors, metrics, auth, settings."""

@@ -1,0 +1,67 @@
+"""Settings every server shares; each service subclasses them with its own env prefix."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _global(name: str) -> AliasChoices:
+    # Security and logging settings are the same for every service of one installation.
+    return AliasChoices(name, f"MODELYARD_{name.upper()}")
+
+
+class ServerSettings(BaseSettings):
+    """Listening address, TLS, auth, logging and shutdown behaviour of one gRPC server."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELYARD_", extra="ignore", populate_by_name=True)
+
+    host: str = Field("127.0.0.1", description="Interface the gRPC server binds to.")
+    port: int = Field(0, description="gRPC port; 0 picks a free one.")
+    metrics_port: int | None = Field(
+        0, description="Prometheus /metrics HTTP port; 0 picks a free one, None disables it."
+    )
+    grace_period_s: float = Field(
+        10.0,
+        validation_alias=_global("grace_period_s"),
+        description="On SIGTERM, how long in-flight RPCs may run before they are cancelled.",
+    )
+    tls_cert_file: str | None = Field(
+        None, validation_alias=_global("tls_cert_file"), description="PEM certificate; enables TLS."
+    )
+    tls_key_file: str | None = Field(
+        None, validation_alias=_global("tls_key_file"), description="PEM private key for tls_cert_file."
+    )
+    tls_client_ca_file: str | None = Field(
+        None,
+        validation_alias=_global("tls_client_ca_file"),
+        description="PEM CA bundle; when set, clients must present a certificate it signed.",
+    )
+    admin_tokens: str = Field(
+        "",
+        validation_alias=_global("admin_tokens"),
+        description="Comma-separated `name:token` (or bare `token`) pairs allowed to change state.",
+    )
+    reader_tokens: str = Field(
+        "",
+        validation_alias=_global("reader_tokens"),
+        description="Comma-separated `name:token` pairs allowed to read; admin tokens read too.",
+    )
+    max_message_bytes: int = Field(64 * 1024 * 1024, description="Largest gRPC message accepted or sent.")
+    log_level: str = Field("INFO", validation_alias=_global("log_level"))
+    log_format: str = Field(
+        "text", validation_alias=_global("log_format"), description="`text` (key=value) or `json`."
+    )
+
+
+class ClientSettings(BaseSettings):
+    """How a process reaches another Modelyard server."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELYARD_", extra="ignore", populate_by_name=True)
+
+    token: str | None = Field(None, description="Bearer token sent as `authorization` metadata.")
+    tls: bool = Field(False, description="Use TLS towards the server.")
+    tls_ca_file: str | None = Field(None, description="PEM CA bundle to verify the server with.")
+    tls_client_cert_file: str | None = None
+    tls_client_key_file: str | None = None
+    timeout_s: float = Field(10.0, description="Deadline of each unary call.")
