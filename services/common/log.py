@@ -56,6 +56,6 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
+def event(logger: logging.Logger, name: str, /, level: int = logging.INFO, **fields: Any) -> None:
     """Log one event with structured fields."""
     logger.log(level, name, extra={"fields": fields})

@@ -1,0 +1,169 @@
+"""Fan-out of deployment changes to watchers: one LISTEN connection and a safety-net poll per
+replica feed an in-memory tail of recent events that every watcher reads from."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+
+import asyncpg
+from prometheus_client import Gauge
+
+from modelyard.common.log import event
+from modelyard.registry import repository
+from modelyard.registry.db import CONNECTION_ERRORS, Database, connect
+from modelyard.registry.domain import DeploymentEvent
+
+log = logging.getLogger("modelyard.registry.broadcast")
+
+CHANNEL = "modelyard_deployments"
+WATCHERS = Gauge("modelyard_registry_watchers", "Open WatchDeployments streams on this replica.")
+ROUTE_WEIGHT = Gauge(
+    "modelyard_deployment_route_weight",
+    "Traffic weight of each routed version, as the registry last broadcast it.",
+    ["deployment", "model", "version"],
+)
+REVISION = Gauge(
+    "modelyard_deployment_revision", "Revision of each deployment's last change.", ["deployment"]
+)
+
+
+class DeploymentBroadcast:
+    """Keeps the newest events in memory and wakes watchers when new ones arrive.
+
+    Revisions are gap-free and commit in order (see `repository.next_revision`), so fetching
+    `revision > last` after any wake-up (NOTIFY, local commit, or poll) never skips an event.
+    """
+
+    def __init__(self, db: Database, *, poll_interval_s: float, tail_size: int = 4096) -> None:
+        self._db = db
+        self._poll_interval_s = poll_interval_s
+        self._tail: collections.deque[DeploymentEvent] = collections.deque(maxlen=tail_size)
+        self._last = 0
+        self._fetch_lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listener: asyncpg.Connection | None = None
+        self._exported: dict[str, tuple[str, list[str]]] = {}
+
+    @property
+    def last_revision(self) -> int:
+        return self._last
+
+    async def start(self) -> None:
+        async with self._db.connection() as conn:
+            self._last = await repository.current_revision(conn)
+            for deployment in await repository.list_deployments(conn):
+                self._export(DeploymentEvent(deployment.revision, "upserted", "", deployment))
+        self._tasks = [
+            asyncio.create_task(self._listen_forever(), name="broadcast-listen"),
+            asyncio.create_task(self._poll_forever(), name="broadcast-poll"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._listener.close(), 2)
+
+    def kick(self) -> None:
+        """Fetch now (after a local commit, or a NOTIFY)."""
+        task = asyncio.get_running_loop().create_task(self.fetch())
+        task.add_done_callback(_ignore_result)
+
+    async def fetch(self) -> None:
+        before = self._last
+        async with self._fetch_lock:
+            try:
+                async with self._db.connection() as conn:
+                    while True:
+                        events = await repository.events_after(conn, revision=self._last, limit=500)
+                        for ev in events:
+                            self._tail.append(ev)
+                            self._export(ev)
+                            self._last = ev.revision
+                        if len(events) < 500:
+                            break
+            except Exception as exc:  # the poll retries; a watcher must not see this
+                event(log, "broadcast.fetch_failed", level=logging.WARNING, error=str(exc))
+        if self._last > before:
+            self._wake()
+
+    def _export(self, ev: DeploymentEvent) -> None:
+        """Mirror the routing table into Prometheus gauges."""
+        d = ev.deployment
+        model_id, versions = self._exported.pop(d.name, (d.model_id, []))
+        for version in versions:
+            with contextlib.suppress(KeyError):
+                ROUTE_WEIGHT.remove(d.name, model_id, version)
+        if ev.kind == "deleted":
+            with contextlib.suppress(KeyError):
+                REVISION.remove(d.name)
+            return
+        REVISION.labels(d.name).set(ev.revision)
+        for route in d.routes:
+            ROUTE_WEIGHT.labels(d.name, d.model_id, route.version).set(route.weight)
+        self._exported[d.name] = (d.model_id, [r.version for r in d.routes])
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_beyond(self, revision: int, within_s: float) -> None:
+        """Return once an event newer than `revision` is known, or after `within_s` seconds."""
+        if self._last > revision:
+            return
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), within_s)
+
+    async def events_after(self, revision: int) -> list[DeploymentEvent]:
+        """Events newer than `revision`: from memory while the tail holds them, else from the database."""
+        if revision >= self._last:
+            return []
+        if self._tail and self._tail[0].revision <= revision + 1:
+            return [ev for ev in self._tail if ev.revision > revision]
+        async with self._db.connection() as conn:
+            return await repository.events_after(conn, revision=revision, limit=1000)
+
+    async def _listen_forever(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                lost = asyncio.Event()
+                self._listener = await connect(self._db.url)
+                self._listener.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                await self._listener.add_listener(CHANNEL, self._on_notify)
+                event(log, "broadcast.listening", channel=CHANNEL)
+                delay = 0.2
+                await self.fetch()  # whatever committed while we were not listening
+                await lost.wait()
+                event(log, "broadcast.listener_lost", level=logging.WARNING)
+            except asyncio.CancelledError:
+                raise
+            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+                event(log, "broadcast.listen_failed", level=logging.WARNING, error=str(exc), retry_s=delay)
+            with contextlib.suppress(Exception):
+                if self._listener is not None and not self._listener.is_closed():
+                    self._listener.terminate()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
+        self.kick()
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval_s)
+            await self.fetch()
+
+
+def _ignore_result(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,313 @@
+"""Conversion between registry protobuf messages and domain types; nothing else touches protobuf."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from modelyard.api import registry_pb2 as pb
+from modelyard.common.errors import InvalidArgument
+from modelyard.registry import domain as d
+
+MODEL_TYPE_TO_PB = {
+    "text_embedding": pb.TEXT_EMBEDDING,
+    "image_embedding": pb.IMAGE_EMBEDDING,
+    "captioning": pb.CAPTIONING,
+}
+MODEL_TYPE_FROM_PB = {v: k for k, v in MODEL_TYPE_TO_PB.items()}
+STATUS_TO_PB = {"ready": pb.VERSION_STATUS_READY, "archived": pb.VERSION_STATUS_ARCHIVED}
+STATUS_FROM_PB = {v: k for k, v in STATUS_TO_PB.items()}
+STATE_TO_PB = {
+    "loading": pb.LOADING,
+    "serving": pb.SERVING,
+    "draining": pb.DRAINING,
+    "failed": pb.FAILED,
+}
+STATE_FROM_PB = {v: k for k, v in STATE_TO_PB.items()}
+RUN_STATUS_TO_PB = {
+    "running": pb.RUN_STATUS_RUNNING,
+    "succeeded": pb.RUN_STATUS_SUCCEEDED,
+    "failed": pb.RUN_STATUS_FAILED,
+}
+RUN_STATUS_FROM_PB = {v: k for k, v in RUN_STATUS_TO_PB.items()}
+EVENT_KIND_TO_PB = {
+    "snapshot": pb.WatchDeploymentsResponse.SNAPSHOT,
+    "upserted": pb.WatchDeploymentsResponse.UPSERTED,
+    "deleted": pb.WatchDeploymentsResponse.DELETED,
+}
+
+
+def model_type_from_pb(value: int, *, required: bool = False) -> str:
+    if value == pb.MODEL_TYPE_UNSPECIFIED:
+        if required:
+            raise InvalidArgument("model_type is required: text_embedding, image_embedding or captioning")
+        return ""
+    try:
+        return MODEL_TYPE_FROM_PB[value]
+    except KeyError:
+        raise InvalidArgument(f"unknown model_type {value}") from None
+
+
+def timestamp(value: dt.datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value.astimezone(dt.UTC).replace(tzinfo=None))
+    return ts
+
+
+def time_from_pb(ts: Timestamp, present: bool) -> dt.datetime | None:
+    return ts.ToDatetime(tzinfo=dt.UTC) if present else None
+
+
+def model_to_pb(m: d.Model) -> pb.Model:
+    return pb.Model(
+        model_id=m.model_id,
+        model_type=MODEL_TYPE_TO_PB.get(m.model_type, pb.MODEL_TYPE_UNSPECIFIED),
+        description=m.description,
+        tags=m.tags,
+        created_at=timestamp(m.created_at),
+        created_by=m.created_by,
+    )
+
+
+def signature_to_pb(s: d.Signature) -> pb.Signature:
+    return pb.Signature(
+        inputs=[pb.TensorSpec(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in s.inputs],
+        outputs=[pb.TensorSpec(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in s.outputs],
+        embedding_dim=s.embedding_dim,
+    )
+
+
+def signature_from_pb(s: pb.Signature) -> d.Signature:
+    return d.Signature(
+        inputs=tuple(d.TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in s.inputs),
+        outputs=tuple(d.TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in s.outputs),
+        embedding_dim=s.embedding_dim,
+    )
+
+
+def version_to_pb(v: d.ModelVersion) -> pb.ModelVersion:
+    c = v.inference_config
+    return pb.ModelVersion(
+        model_id=v.model_id,
+        version=v.version,
+        source_uri=v.source_uri,
+        checkpoint_hash=v.checkpoint_hash,
+        loader=v.loader,
+        inference_config=pb.InferenceConfig(
+            max_batch_size=c.max_batch_size,
+            max_delay_ms=c.max_delay_ms,
+            device=c.device,
+            dtype=c.dtype,
+            max_sequence_length=c.max_sequence_length,
+            quantization=c.quantization,
+            trust_remote_code=c.trust_remote_code,
+        ),
+        signature=signature_to_pb(v.signature),
+        lineage=pb.Lineage(
+            parent_version=v.lineage.parent_version,
+            git_commit=v.lineage.git_commit,
+            training_run=v.lineage.training_run,
+            dataset=v.lineage.dataset,
+        ),
+        tags=v.tags,
+        description=v.description,
+        created_by=v.created_by,
+        created_at=timestamp(v.created_at),
+        status=STATUS_TO_PB.get(v.status, pb.VERSION_STATUS_UNSPECIFIED),
+        aliases=v.aliases,
+    )
+
+
+def version_from_pb(v: pb.ModelVersion) -> d.ModelVersion:
+    c = v.inference_config
+    defaults = d.InferenceConfig()
+    return d.ModelVersion(
+        model_id=v.model_id,
+        version=v.version,
+        source_uri=v.source_uri,
+        checkpoint_hash=v.checkpoint_hash,
+        loader=v.loader,
+        inference_config=d.InferenceConfig(
+            max_batch_size=c.max_batch_size or defaults.max_batch_size,
+            max_delay_ms=c.max_delay_ms if v.HasField("inference_config") else defaults.max_delay_ms,
+            device=c.device or defaults.device,
+            dtype=c.dtype or defaults.dtype,
+            max_sequence_length=c.max_sequence_length,
+            quantization=c.quantization,
+            trust_remote_code=c.trust_remote_code,
+        ),
+        signature=signature_from_pb(v.signature),
+        lineage=d.Lineage(
+            parent_version=v.lineage.parent_version,
+            git_commit=v.lineage.git_commit,
+            training_run=v.lineage.training_run,
+            dataset=v.lineage.dataset,
+        ),
+        tags=dict(v.tags),
+        description=v.description,
+    )
+
+
+def routes_from_pb(routes: list[pb.Route]) -> list[d.Route]:
+    return [d.Route(r.version, r.weight) for r in routes]
+
+
+def deployment_to_pb(dep: d.Deployment) -> pb.Deployment:
+    return pb.Deployment(
+        name=dep.name,
+        model_id=dep.model_id,
+        routes=[pb.Route(version=r.version, weight=r.weight) for r in dep.routes],
+        follow_alias=dep.follow_alias,
+        signature=signature_to_pb(dep.signature) if dep.signature else None,
+        revision=dep.revision,
+        updated_at=timestamp(dep.updated_at),
+        description=dep.description,
+        versions=[version_to_pb(v) for v in dep.versions],
+        model_type=MODEL_TYPE_TO_PB.get(dep.model_type, pb.MODEL_TYPE_UNSPECIFIED),
+    )
+
+
+def alias_to_pb(a: d.Alias) -> pb.Alias:
+    return pb.Alias(model_id=a.model_id, alias=a.alias, version=a.version, updated_at=timestamp(a.updated_at))
+
+
+def gate_to_pb(g: d.GateResult) -> pb.GateResult:
+    observed = 0.0 if math.isnan(g.observed) else g.observed
+    return pb.GateResult(gate=g.gate, metric=g.metric, passed=g.passed, observed=observed, run_id=g.run_id)
+
+
+def audit_to_pb(e: d.AuditEvent) -> pb.AuditEvent:
+    return pb.AuditEvent(
+        id=e.id,
+        at=timestamp(e.at),
+        actor=e.actor,
+        action=e.action,
+        entity_type=e.entity_type,
+        entity_id=e.entity_id,
+        before_json=json.dumps(e.before) if e.before is not None else "",
+        after_json=json.dumps(e.after) if e.after is not None else "",
+        reason=e.reason,
+        revision=e.revision,
+    )
+
+
+def worker_from_pb(w: pb.WorkerStatus) -> d.WorkerStatus:
+    return d.WorkerStatus(
+        worker_id=w.worker_id,
+        address=w.address,
+        state=w.state,
+        last_error=w.last_error,
+        deployments=[
+            d.DeploymentStatus(
+                deployment=s.deployment,
+                revision=s.revision,
+                versions=[
+                    d.LoadedVersion(
+                        version=v.version,
+                        state=STATE_FROM_PB.get(v.state, "loading"),
+                        checkpoint_hash=v.checkpoint_hash,
+                        device=v.device,
+                        last_error=v.last_error,
+                    )
+                    for v in s.versions
+                ],
+            )
+            for s in w.deployments
+        ],
+    )
+
+
+def worker_to_pb(w: d.WorkerStatus) -> pb.WorkerStatus:
+    return pb.WorkerStatus(
+        worker_id=w.worker_id,
+        address=w.address,
+        state=w.state,
+        last_error=w.last_error,
+        deployments=[
+            pb.DeploymentStatus(
+                deployment=s.deployment,
+                revision=s.revision,
+                versions=[
+                    pb.LoadedVersion(
+                        version=v.version,
+                        state=STATE_TO_PB.get(v.state, pb.VERSION_STATE_UNSPECIFIED),
+                        checkpoint_hash=v.checkpoint_hash,
+                        device=v.device,
+                        last_error=v.last_error,
+                    )
+                    for v in s.versions
+                ],
+            )
+            for s in w.deployments
+        ],
+        last_seen=timestamp(w.last_seen),
+        live=w.live,
+    )
+
+
+def rollout_to_pb(r: d.RolloutStatus) -> pb.RolloutStatus:
+    return pb.RolloutStatus(
+        deployment=r.deployment,
+        revision=r.revision,
+        converged=r.converged,
+        workers=[
+            pb.WorkerRollout(
+                worker_id=w.worker_id, revision=w.revision, converged=w.converged, detail=w.detail
+            )
+            for w in r.workers
+        ],
+    )
+
+
+def run_to_pb(r: d.BenchmarkRun) -> pb.BenchmarkRun:
+    return pb.BenchmarkRun(
+        run_id=r.run_id,
+        suite=r.suite,
+        model_id=r.model_id,
+        version=r.version,
+        deployment=r.deployment,
+        status=RUN_STATUS_TO_PB.get(r.status, pb.RUN_STATUS_UNSPECIFIED),
+        error=r.error,
+        conditions=r.conditions,
+        hardware=r.hardware,
+        started_at=timestamp(r.started_at),
+        finished_at=timestamp(r.finished_at),
+        metrics=[pb.Metric(name=m.name, value=m.value, unit=m.unit, samples=m.samples) for m in r.metrics],
+        created_by=r.created_by,
+    )
+
+
+def run_from_pb(r: pb.BenchmarkRun) -> d.BenchmarkRun:
+    if r.status not in RUN_STATUS_FROM_PB:
+        raise InvalidArgument("run status is required: running, succeeded or failed")
+    return d.BenchmarkRun(
+        run_id=r.run_id,
+        suite=r.suite,
+        model_id=r.model_id,
+        version=r.version,
+        deployment=r.deployment,
+        status=RUN_STATUS_FROM_PB[r.status],
+        error=r.error,
+        conditions=dict(r.conditions),
+        hardware=r.hardware,
+        started_at=time_from_pb(r.started_at, r.HasField("started_at")),
+        finished_at=time_from_pb(r.finished_at, r.HasField("finished_at")),
+        metrics=[d.Metric(m.name, m.value, m.unit, list(m.samples)) for m in r.metrics],
+        created_by=r.created_by,
+    )
+
+
+def version_metric_to_pb(m: d.VersionMetric) -> pb.VersionMetric:
+    return pb.VersionMetric(
+        name=m.name,
+        value=m.value,
+        unit=m.unit,
+        run_id=m.run_id,
+        suite=m.suite,
+        recorded_at=timestamp(m.recorded_at),
+    )

@@ -1,0 +1,293 @@
+"""The registry's domain types: plain Python, no protobuf, no SQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+MODEL_TYPES = ("text_embedding", "image_embedding", "captioning")
+VERSION_STATUSES = ("ready", "archived")
+RUN_STATUSES = ("running", "succeeded", "failed")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    embedding_dim: int = 0
+
+    def differences(self, other: Signature) -> list[str]:
+        """What a consumer of `self` would notice when served `other`."""
+        diffs = []
+        if self.embedding_dim != other.embedding_dim:
+            diffs.append(f"embedding dimension {other.embedding_dim} instead of {self.embedding_dim}")
+        mine = {t.name: t for t in self.outputs}
+        theirs = {t.name: t for t in other.outputs}
+        for name in sorted(mine.keys() - theirs.keys()):
+            diffs.append(f"output {name!r} missing")
+        for name in sorted(mine.keys() & theirs.keys()):
+            if mine[name].datatype != theirs[name].datatype:
+                diffs.append(f"output {name!r} is {theirs[name].datatype} instead of {mine[name].datatype}")
+        consumed = {t.name for t in self.inputs}
+        offered = {t.name for t in other.inputs}
+        for name in sorted(consumed - offered):
+            diffs.append(f"input {name!r} no longer accepted")
+        return diffs
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    max_batch_size: int = 32
+    max_delay_ms: int = 2
+    device: str = "auto"
+    dtype: str = "float32"
+    max_sequence_length: int = 0
+    quantization: str = ""
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class Lineage:
+    parent_version: str = ""
+    git_commit: str = ""
+    training_run: str = ""
+    dataset: str = ""
+
+
+@dataclass
+class Model:
+    model_id: str
+    model_type: str
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    created_by: str = ""
+    created_at: dt.datetime | None = None
+
+
+@dataclass
+class ModelVersion:
+    model_id: str
+    version: str
+    source_uri: str
+    checkpoint_hash: str
+    loader: str
+    inference_config: InferenceConfig = field(default_factory=InferenceConfig)
+    signature: Signature = field(default_factory=Signature)
+    lineage: Lineage = field(default_factory=Lineage)
+    tags: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+    created_by: str = ""
+    created_at: dt.datetime | None = None
+    status: str = "ready"
+    aliases: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Route:
+    version: str
+    weight: int
+
+
+@dataclass
+class Deployment:
+    name: str
+    model_id: str
+    model_type: str = ""
+    routes: list[Route] = field(default_factory=list)
+    follow_alias: str = ""
+    signature: Signature | None = None
+    revision: int = 0
+    updated_at: dt.datetime | None = None
+    description: str = ""
+    versions: list[ModelVersion] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Alias:
+    model_id: str
+    alias: str
+    version: str
+    updated_at: dt.datetime | None = None
+
+
+@dataclass
+class DeploymentEvent:
+    revision: int
+    kind: str  # "upserted" | "deleted"
+    action: str
+    deployment: Deployment
+
+
+@dataclass
+class AuditEvent:
+    id: int
+    at: dt.datetime
+    actor: str
+    action: str
+    entity_type: str
+    entity_id: str
+    before: Any
+    after: Any
+    reason: str
+    revision: int
+
+
+@dataclass
+class LoadedVersion:
+    version: str
+    state: str
+    checkpoint_hash: str = ""
+    device: str = ""
+    last_error: str = ""
+
+
+@dataclass
+class DeploymentStatus:
+    deployment: str
+    revision: int
+    versions: list[LoadedVersion] = field(default_factory=list)
+
+
+@dataclass
+class WorkerStatus:
+    worker_id: str
+    address: str = ""
+    state: str = ""
+    last_error: str = ""
+    deployments: list[DeploymentStatus] = field(default_factory=list)
+    last_seen: dt.datetime | None = None
+    live: bool = False
+
+
+@dataclass
+class WorkerRollout:
+    worker_id: str
+    revision: int
+    converged: bool
+    detail: str
+
+
+@dataclass
+class RolloutStatus:
+    deployment: str
+    revision: int
+    converged: bool
+    workers: list[WorkerRollout]
+
+
+@dataclass
+class Metric:
+    name: str
+    value: float
+    unit: str = ""
+    samples: list[float] = field(default_factory=list)
+
+
+@dataclass
+class BenchmarkRun:
+    run_id: str
+    suite: str
+    model_id: str
+    version: str
+    deployment: str = ""
+    status: str = "succeeded"
+    error: str = ""
+    conditions: dict[str, str] = field(default_factory=dict)
+    hardware: str = ""
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    metrics: list[Metric] = field(default_factory=list)
+    created_by: str = ""
+
+
+@dataclass(frozen=True)
+class VersionMetric:
+    name: str
+    value: float
+    unit: str
+    run_id: str
+    suite: str
+    recorded_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str
+    metric: str
+    passed: bool
+    observed: float
+    run_id: str
+
+
+def to_json(value: Any) -> Any:
+    """A JSON-ready copy of a domain object (datetimes as ISO strings)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return value
+
+
+def signature_from_json(data: dict[str, Any] | None) -> Signature | None:
+    if not data:
+        return None
+    return Signature(
+        inputs=tuple(TensorSpec(t["name"], t["datatype"], tuple(t.get("shape", ()))) for t in data["inputs"]),
+        outputs=tuple(
+            TensorSpec(t["name"], t["datatype"], tuple(t.get("shape", ()))) for t in data["outputs"]
+        ),
+        embedding_dim=int(data.get("embedding_dim", 0)),
+    )
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(value)
+
+
+def version_from_json(data: dict[str, Any]) -> ModelVersion:
+    return ModelVersion(
+        model_id=data["model_id"],
+        version=data["version"],
+        source_uri=data["source_uri"],
+        checkpoint_hash=data["checkpoint_hash"],
+        loader=data["loader"],
+        inference_config=InferenceConfig(**data.get("inference_config", {})),
+        signature=signature_from_json(data.get("signature")) or Signature(),
+        lineage=Lineage(**data.get("lineage", {})),
+        tags=dict(data.get("tags", {})),
+        description=data.get("description", ""),
+        created_by=data.get("created_by", ""),
+        created_at=_parse_time(data.get("created_at")),
+        status=data.get("status", "ready"),
+        aliases=list(data.get("aliases", [])),
+    )
+
+
+def deployment_from_json(data: dict[str, Any]) -> Deployment:
+    return Deployment(
+        name=data["name"],
+        model_id=data["model_id"],
+        model_type=data.get("model_type", ""),
+        routes=[Route(r["version"], int(r["weight"])) for r in data.get("routes", [])],
+        follow_alias=data.get("follow_alias", ""),
+        signature=signature_from_json(data.get("signature")),
+        revision=int(data.get("revision", 0)),
+        updated_at=_parse_time(data.get("updated_at")),
+        description=data.get("description", ""),
+        versions=[version_from_json(v) for v in data.get("versions", [])],
+    )

@@ -1,0 +1,627 @@
+"""SQL of the registry. Each function takes a connection (the caller owns the transaction) and
+keyword arguments, and returns domain objects. Constraint violations become domain errors here."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from modelyard.common.errors import AlreadyExists, NotFound
+from modelyard.registry.db import Conn
+from modelyard.registry.domain import (
+    Alias,
+    AuditEvent,
+    BenchmarkRun,
+    Deployment,
+    DeploymentEvent,
+    DeploymentStatus,
+    InferenceConfig,
+    Lineage,
+    LoadedVersion,
+    Metric,
+    Model,
+    ModelVersion,
+    Route,
+    Signature,
+    VersionMetric,
+    WorkerStatus,
+    deployment_from_json,
+    signature_from_json,
+    to_json,
+)
+
+
+@contextlib.contextmanager
+def _translate(what: str) -> Iterator[None]:
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        raise AlreadyExists(f"{what} already exists; registered entries are immutable") from exc
+    except asyncpg.ForeignKeyViolationError as exc:
+        raise NotFound(f"{what} refers to something that does not exist: {exc.detail or exc}") from exc
+
+
+# ---- models -------------------------------------------------------------------------------------
+
+
+def _model(row: asyncpg.Record) -> Model:
+    return Model(
+        model_id=row["model_id"],
+        model_type=row["model_type"],
+        description=row["description"],
+        tags=row["tags"],
+        created_by=row["created_by"],
+        created_at=row["created_at"],
+    )
+
+
+async def insert_model(conn: Conn, *, model: Model) -> Model:
+    with _translate(f"model {model.model_id!r}"):
+        row = await conn.fetchrow(
+            "INSERT INTO models (model_id, model_type, description, tags, created_by)"
+            " VALUES ($1, $2, $3, $4, $5) RETURNING *",
+            model.model_id,
+            model.model_type,
+            model.description,
+            model.tags,
+            model.created_by,
+        )
+    assert row is not None
+    return _model(row)
+
+
+async def get_model(conn: Conn, *, model_id: str) -> Model | None:
+    row = await conn.fetchrow("SELECT * FROM models WHERE model_id = $1", model_id)
+    return _model(row) if row else None
+
+
+async def list_models(conn: Conn, *, model_type: str, after: str, limit: int) -> list[Model]:
+    rows = await conn.fetch(
+        "SELECT * FROM models WHERE ($1 = '' OR model_type = $1) AND model_id > $2"
+        " ORDER BY model_id LIMIT $3",
+        model_type,
+        after,
+        limit,
+    )
+    return [_model(r) for r in rows]
+
+
+# ---- versions -----------------------------------------------------------------------------------
+
+_VERSION_COLUMNS = (
+    "v.id, v.model_id, v.version, v.source_uri, v.checkpoint_hash, v.loader, v.inference_config,"
+    " v.signature, v.lineage, v.tags, v.description, v.created_by, v.created_at, v.status,"
+    " COALESCE((SELECT array_agg(a.alias ORDER BY a.alias) FROM aliases a"
+    "           WHERE a.model_id = v.model_id AND a.version = v.version), '{}') AS aliases"
+)
+
+
+def _version(row: asyncpg.Record) -> ModelVersion:
+    return ModelVersion(
+        model_id=row["model_id"],
+        version=row["version"],
+        source_uri=row["source_uri"],
+        checkpoint_hash=row["checkpoint_hash"],
+        loader=row["loader"],
+        inference_config=InferenceConfig(**row["inference_config"]),
+        signature=signature_from_json(row["signature"]) or Signature(),
+        lineage=Lineage(**row["lineage"]),
+        tags=row["tags"],
+        description=row["description"],
+        created_by=row["created_by"],
+        created_at=row["created_at"],
+        status=row["status"],
+        aliases=list(row["aliases"]),
+    )
+
+
+async def insert_version(conn: Conn, *, version: ModelVersion) -> None:
+    with _translate(f"version {version.model_id} {version.version}"):
+        await conn.execute(
+            "INSERT INTO model_versions (model_id, version, source_uri, checkpoint_hash, loader,"
+            " inference_config, signature, lineage, tags, description, created_by)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            version.model_id,
+            version.version,
+            version.source_uri,
+            version.checkpoint_hash,
+            version.loader,
+            to_json(version.inference_config),
+            to_json(version.signature),
+            to_json(version.lineage),
+            version.tags,
+            version.description,
+            version.created_by,
+        )
+
+
+async def get_version(conn: Conn, *, model_id: str, version: str) -> ModelVersion | None:
+    row = await conn.fetchrow(
+        f"SELECT {_VERSION_COLUMNS} FROM model_versions v WHERE v.model_id = $1 AND v.version = $2",
+        model_id,
+        version,
+    )
+    return _version(row) if row else None
+
+
+async def get_versions(conn: Conn, *, model_id: str, versions: Sequence[str]) -> dict[str, ModelVersion]:
+    rows = await conn.fetch(
+        f"SELECT {_VERSION_COLUMNS} FROM model_versions v WHERE v.model_id = $1 AND v.version = ANY($2)",
+        model_id,
+        list(versions),
+    )
+    return {r["version"]: _version(r) for r in rows}
+
+
+async def list_versions(
+    conn: Conn,
+    *,
+    model_id: str,
+    model_type: str,
+    tags: dict[str, str | None],
+    status: str,
+    alias: str,
+    query: str,
+    before_id: int,
+    limit: int,
+) -> list[tuple[int, ModelVersion]]:
+    """Newest first; keyset paging on the version row id."""
+    clauses = ["($1 = '' OR v.model_id = $1)", "($2 = 0 OR v.id < $2)", "($3 = '' OR v.status = $3)"]
+    args: list[Any] = [model_id, before_id, status]
+    if model_type:
+        args.append(model_type)
+        clauses.append(f"v.model_id IN (SELECT model_id FROM models WHERE model_type = ${len(args)})")
+    if alias:
+        args.append(alias)
+        clauses.append(
+            f"EXISTS (SELECT 1 FROM aliases a WHERE a.model_id = v.model_id"
+            f" AND a.version = v.version AND a.alias = ${len(args)})"
+        )
+    if query:
+        args.append(f"%{query}%")
+        n = len(args)
+        clauses.append(f"(v.version ILIKE ${n} OR v.description ILIKE ${n} OR v.loader ILIKE ${n})")
+    for key, value in tags.items():
+        if value is None:
+            args.append(key)
+            clauses.append(f"v.tags ? ${len(args)}")
+        else:
+            args.append({key: value})
+            clauses.append(f"v.tags @> ${len(args)}")
+    args.append(limit)
+    sql = (
+        f"SELECT {_VERSION_COLUMNS} FROM model_versions v WHERE {' AND '.join(clauses)}"
+        f" ORDER BY v.id DESC LIMIT ${len(args)}"
+    )
+    return [(r["id"], _version(r)) for r in await conn.fetch(sql, *args)]
+
+
+async def version_ids_newest_first(conn: Conn, *, model_id: str) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT version FROM model_versions WHERE model_id = $1 ORDER BY id DESC", model_id
+    )
+    return [r["version"] for r in rows]
+
+
+async def update_version(
+    conn: Conn, *, model_id: str, version: str, tags: dict[str, str], description: str, status: str
+) -> None:
+    await conn.execute(
+        "UPDATE model_versions SET tags = $3, description = $4, status = $5"
+        " WHERE model_id = $1 AND version = $2",
+        model_id,
+        version,
+        tags,
+        description,
+        status,
+    )
+
+
+async def delete_versions(conn: Conn, *, model_id: str, versions: Sequence[str]) -> None:
+    await conn.execute(
+        "DELETE FROM model_versions WHERE model_id = $1 AND version = ANY($2)", model_id, list(versions)
+    )
+
+
+async def versions_in_use(conn: Conn, *, model_id: str) -> dict[str, list[str]]:
+    """version -> why it must stay (routed by a deployment, pointed at by an alias)."""
+    uses: dict[str, list[str]] = {}
+    for row in await conn.fetch(
+        "SELECT d.name, r->>'version' AS version FROM deployments d,"
+        " jsonb_array_elements(d.routes) r WHERE d.model_id = $1",
+        model_id,
+    ):
+        uses.setdefault(row["version"], []).append(f"routed by deployment {row['name']}")
+    for row in await conn.fetch("SELECT alias, version FROM aliases WHERE model_id = $1", model_id):
+        uses.setdefault(row["version"], []).append(f"alias {row['alias']}")
+    return uses
+
+
+# ---- aliases ------------------------------------------------------------------------------------
+
+
+async def get_alias(conn: Conn, *, model_id: str, alias: str) -> Alias | None:
+    row = await conn.fetchrow("SELECT * FROM aliases WHERE model_id = $1 AND alias = $2", model_id, alias)
+    return Alias(row["model_id"], row["alias"], row["version"], row["updated_at"]) if row else None
+
+
+async def upsert_alias(conn: Conn, *, model_id: str, alias: str, version: str) -> None:
+    await conn.execute(
+        "INSERT INTO aliases (model_id, alias, version) VALUES ($1, $2, $3)"
+        " ON CONFLICT (model_id, alias) DO UPDATE SET version = $3, updated_at = now()",
+        model_id,
+        alias,
+        version,
+    )
+
+
+async def delete_alias(conn: Conn, *, model_id: str, alias: str) -> None:
+    await conn.execute("DELETE FROM aliases WHERE model_id = $1 AND alias = $2", model_id, alias)
+
+
+async def list_aliases(conn: Conn, *, model_id: str) -> list[Alias]:
+    rows = await conn.fetch(
+        "SELECT * FROM aliases WHERE ($1 = '' OR model_id = $1) ORDER BY model_id, alias", model_id
+    )
+    return [Alias(r["model_id"], r["alias"], r["version"], r["updated_at"]) for r in rows]
+
+
+# ---- deployments, revisions and events ----------------------------------------------------------
+
+_DEPLOYMENT_COLUMNS = "d.*, m.model_type"
+
+
+async def _deployment(conn: Conn, row: asyncpg.Record) -> Deployment:
+    routes = [Route(r["version"], int(r["weight"])) for r in row["routes"]]
+    versions = await get_versions(conn, model_id=row["model_id"], versions=[r.version for r in routes])
+    return Deployment(
+        name=row["name"],
+        model_id=row["model_id"],
+        model_type=row["model_type"],
+        routes=routes,
+        follow_alias=row["follow_alias"],
+        signature=signature_from_json(row["signature"]),
+        revision=row["revision"],
+        updated_at=row["updated_at"],
+        description=row["description"],
+        versions=[versions[r.version] for r in routes if r.version in versions],
+    )
+
+
+async def get_deployment(conn: Conn, *, name: str, for_update: bool = False) -> Deployment | None:
+    lock = " FOR UPDATE OF d" if for_update else ""
+    row = await conn.fetchrow(
+        f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments d JOIN models m USING (model_id)"
+        f" WHERE d.name = $1{lock}",
+        name,
+    )
+    return await _deployment(conn, row) if row else None
+
+
+async def list_deployments(conn: Conn, *, model_id: str = "", follow_alias: str = "") -> list[Deployment]:
+    rows = await conn.fetch(
+        f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments d JOIN models m USING (model_id)"
+        " WHERE ($1 = '' OR d.model_id = $1) AND ($2 = '' OR d.follow_alias = $2) ORDER BY d.name",
+        model_id,
+        follow_alias,
+    )
+    return [await _deployment(conn, r) for r in rows]
+
+
+async def save_deployment(conn: Conn, *, deployment: Deployment, create: bool) -> None:
+    """Insert a new deployment (`create`) or update an existing one's routes and settings."""
+    args = (
+        deployment.name,
+        deployment.model_id,
+        to_json(deployment.routes),
+        deployment.follow_alias,
+        to_json(deployment.signature),
+        deployment.description,
+        deployment.revision,
+    )
+    if not create:
+        await conn.execute(
+            "UPDATE deployments SET model_id = $2, routes = $3, follow_alias = $4, signature = $5,"
+            " description = $6, revision = $7, updated_at = now() WHERE name = $1",
+            *args,
+        )
+        return
+    with _translate(f"deployment {deployment.name!r}"):
+        await conn.execute(
+            "INSERT INTO deployments (name, model_id, routes, follow_alias, signature, description, revision)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            *args,
+        )
+
+
+async def delete_deployment(conn: Conn, *, name: str) -> None:
+    await conn.execute("DELETE FROM deployments WHERE name = $1", name)
+
+
+async def next_revision(conn: Conn) -> int:
+    """Take the next revision; the row lock serializes deployment changes until commit."""
+    revision: int = await conn.fetchval(
+        "UPDATE registry_revision SET revision = revision + 1 WHERE id = 1 RETURNING revision"
+    )
+    return revision
+
+
+async def current_revision(conn: Conn) -> int:
+    revision: int = await conn.fetchval("SELECT revision FROM registry_revision WHERE id = 1")
+    return revision
+
+
+async def insert_event(conn: Conn, *, event: DeploymentEvent, channel: str) -> None:
+    await conn.execute(
+        "INSERT INTO deployment_events (revision, deployment, kind, action, state)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        event.revision,
+        event.deployment.name,
+        event.kind,
+        event.action,
+        to_json(event.deployment),
+    )
+    # Delivered to every listening replica when this transaction commits, never before.
+    await conn.execute("SELECT pg_notify($1, $2)", channel, str(event.revision))
+
+
+def _event(row: asyncpg.Record) -> DeploymentEvent:
+    return DeploymentEvent(
+        revision=row["revision"],
+        kind=row["kind"],
+        action=row["action"],
+        deployment=deployment_from_json(row["state"]),
+    )
+
+
+async def events_after(conn: Conn, *, revision: int, limit: int) -> list[DeploymentEvent]:
+    rows = await conn.fetch(
+        "SELECT * FROM deployment_events WHERE revision > $1 ORDER BY revision LIMIT $2", revision, limit
+    )
+    return [_event(r) for r in rows]
+
+
+async def deployment_state_before(conn: Conn, *, name: str, revision: int) -> Deployment | None:
+    row = await conn.fetchrow(
+        "SELECT * FROM deployment_events WHERE deployment = $1 AND revision < $2 AND kind = 'upserted'"
+        " ORDER BY revision DESC LIMIT 1",
+        name,
+        revision,
+    )
+    return _event(row).deployment if row else None
+
+
+async def deployment_state_at(conn: Conn, *, name: str, revision: int) -> Deployment | None:
+    row = await conn.fetchrow(
+        "SELECT * FROM deployment_events WHERE deployment = $1 AND revision = $2 AND kind = 'upserted'",
+        name,
+        revision,
+    )
+    return _event(row).deployment if row else None
+
+
+# ---- audit log ----------------------------------------------------------------------------------
+
+
+async def insert_audit(
+    conn: Conn,
+    *,
+    actor: str,
+    action: str,
+    entity_type: str,
+    entity_id: str,
+    before: Any,
+    after: Any,
+    reason: str,
+    revision: int = 0,
+) -> None:
+    await conn.execute(
+        "INSERT INTO audit_log (actor, action, entity_type, entity_id, before, after, reason, revision)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        actor,
+        action,
+        entity_type,
+        entity_id,
+        to_json(before),
+        to_json(after),
+        reason,
+        revision,
+    )
+
+
+async def list_audit(
+    conn: Conn, *, entity_type: str, entity_id: str, action: str, before_id: int, limit: int
+) -> list[AuditEvent]:
+    rows = await conn.fetch(
+        "SELECT * FROM audit_log WHERE ($1 = '' OR entity_type = $1) AND ($2 = '' OR entity_id = $2)"
+        " AND ($3 = '' OR action = $3) AND ($4 = 0 OR id < $4) ORDER BY id DESC LIMIT $5",
+        entity_type,
+        entity_id,
+        action,
+        before_id,
+        limit,
+    )
+    return [
+        AuditEvent(
+            id=r["id"],
+            at=r["at"],
+            actor=r["actor"],
+            action=r["action"],
+            entity_type=r["entity_type"],
+            entity_id=r["entity_id"],
+            before=r["before"],
+            after=r["after"],
+            reason=r["reason"],
+            revision=r["revision"],
+        )
+        for r in rows
+    ]
+
+
+# ---- workers ------------------------------------------------------------------------------------
+
+
+async def upsert_worker(conn: Conn, *, status: WorkerStatus) -> None:
+    await conn.execute(
+        "INSERT INTO workers (worker_id, address, state, last_error, deployments, last_seen)"
+        " VALUES ($1, $2, $3, $4, $5, now())"
+        " ON CONFLICT (worker_id) DO UPDATE SET address = $2, state = $3, last_error = $4,"
+        " deployments = $5, last_seen = now()",
+        status.worker_id,
+        status.address,
+        status.state,
+        status.last_error,
+        to_json(status.deployments),
+    )
+
+
+async def list_workers(conn: Conn, *, live_within: dt.timedelta) -> list[WorkerStatus]:
+    rows = await conn.fetch(
+        "SELECT *, last_seen > now() - $1::interval AS live FROM workers ORDER BY worker_id", live_within
+    )
+    return [
+        WorkerStatus(
+            worker_id=r["worker_id"],
+            address=r["address"],
+            state=r["state"],
+            last_error=r["last_error"],
+            deployments=[
+                DeploymentStatus(
+                    deployment=d["deployment"],
+                    revision=int(d["revision"]),
+                    versions=[LoadedVersion(**v) for v in d["versions"]],
+                )
+                for d in r["deployments"]
+            ],
+            last_seen=r["last_seen"],
+            live=r["live"],
+        )
+        for r in rows
+    ]
+
+
+# ---- performance store --------------------------------------------------------------------------
+
+
+async def save_run(conn: Conn, *, run: BenchmarkRun) -> None:
+    """Insert or replace a run and all its metrics (the caller's transaction makes it all-or-nothing)."""
+    await conn.execute(
+        "INSERT INTO benchmark_runs (run_id, suite, model_id, version, deployment, status, error,"
+        " conditions, hardware, started_at, finished_at, created_by)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        " ON CONFLICT (run_id) DO UPDATE SET status = $6, error = $7, conditions = $8, hardware = $9,"
+        " started_at = $10, finished_at = $11, recorded_at = now()",
+        run.run_id,
+        run.suite,
+        run.model_id,
+        run.version,
+        run.deployment,
+        run.status,
+        run.error,
+        run.conditions,
+        run.hardware,
+        run.started_at,
+        run.finished_at,
+        run.created_by,
+    )
+    await conn.execute("DELETE FROM benchmark_metrics WHERE run_id = $1", run.run_id)
+    await conn.executemany(
+        "INSERT INTO benchmark_metrics (run_id, name, value, unit, samples) VALUES ($1, $2, $3, $4, $5)",
+        [(run.run_id, m.name, m.value, m.unit, m.samples) for m in run.metrics],
+    )
+
+
+def _run(row: asyncpg.Record, metrics: list[Metric]) -> BenchmarkRun:
+    return BenchmarkRun(
+        run_id=row["run_id"],
+        suite=row["suite"],
+        model_id=row["model_id"],
+        version=row["version"],
+        deployment=row["deployment"],
+        status=row["status"],
+        error=row["error"],
+        conditions=row["conditions"],
+        hardware=row["hardware"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        metrics=metrics,
+        created_by=row["created_by"],
+    )
+
+
+async def _metrics(conn: Conn, run_ids: list[str], with_samples: bool) -> dict[str, list[Metric]]:
+    samples = "samples" if with_samples else "'{}'::float8[] AS samples"
+    rows = await conn.fetch(
+        f"SELECT run_id, name, value, unit, {samples} FROM benchmark_metrics"
+        " WHERE run_id = ANY($1) ORDER BY run_id, name",
+        run_ids,
+    )
+    found: dict[str, list[Metric]] = {}
+    for r in rows:
+        found.setdefault(r["run_id"], []).append(Metric(r["name"], r["value"], r["unit"], list(r["samples"])))
+    return found
+
+
+async def get_run(conn: Conn, *, run_id: str, with_samples: bool) -> BenchmarkRun | None:
+    row = await conn.fetchrow("SELECT * FROM benchmark_runs WHERE run_id = $1", run_id)
+    if not row:
+        return None
+    return _run(row, (await _metrics(conn, [run_id], with_samples)).get(run_id, []))
+
+
+async def list_runs(
+    conn: Conn, *, model_id: str, version: str, suite: str, status: str, before_seq: int, limit: int
+) -> list[tuple[int, BenchmarkRun]]:
+    rows = await conn.fetch(
+        "SELECT * FROM benchmark_runs WHERE ($1 = '' OR model_id = $1) AND ($2 = '' OR version = $2)"
+        " AND ($3 = '' OR suite = $3) AND ($4 = '' OR status = $4) AND ($5 = 0 OR seq < $5)"
+        " ORDER BY seq DESC LIMIT $6",
+        model_id,
+        version,
+        suite,
+        status,
+        before_seq,
+        limit,
+    )
+    metrics = await _metrics(conn, [r["run_id"] for r in rows], with_samples=False)
+    return [(r["seq"], _run(r, metrics.get(r["run_id"], []))) for r in rows]
+
+
+async def version_metrics(conn: Conn, *, model_id: str, version: str, suite: str) -> list[VersionMetric]:
+    """Newest value of each metric over the version's successful runs."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT ON (m.name) m.name, m.value, m.unit, r.run_id, r.suite, r.recorded_at"
+        " FROM benchmark_metrics m JOIN benchmark_runs r USING (run_id)"
+        " WHERE r.model_id = $1 AND r.version = $2 AND ($3 = '' OR r.suite = $3)"
+        " AND r.status = 'succeeded' ORDER BY m.name, r.seq DESC",
+        model_id,
+        version,
+        suite,
+    )
+    return [
+        VersionMetric(r["name"], r["value"], r["unit"], r["run_id"], r["suite"], r["recorded_at"])
+        for r in rows
+    ]
+
+
+# ---- export -------------------------------------------------------------------------------------
+
+
+async def all_models(conn: Conn) -> list[Model]:
+    return [_model(r) for r in await conn.fetch("SELECT * FROM models ORDER BY model_id")]
+
+
+async def all_versions(conn: Conn) -> list[ModelVersion]:
+    rows = await conn.fetch(f"SELECT {_VERSION_COLUMNS} FROM model_versions v ORDER BY v.id")
+    return [dataclasses.replace(_version(r), aliases=[]) for r in rows]
+
+
+async def all_runs(conn: Conn) -> list[BenchmarkRun]:
+    rows = await conn.fetch("SELECT * FROM benchmark_runs ORDER BY seq")
+    metrics = await _metrics(conn, [r["run_id"] for r in rows], with_samples=True)
+    return [_run(r, metrics.get(r["run_id"], [])) for r in rows]

@@ -1,0 +1,302 @@
+"""gRPC servicer of modelyard.registry.v1.RegistryService: converts messages, calls `Registry`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from grpc import aio
+
+from modelyard.api import registry_pb2 as pb
+from modelyard.api import registry_pb2_grpc
+from modelyard.common.interceptors import current_actor
+from modelyard.registry import converters as cv
+from modelyard.registry.broadcast import WATCHERS
+from modelyard.registry.domain import Model
+from modelyard.registry.service import Registry
+
+# RPCs that change state and therefore need an admin token when tokens are configured.
+WRITE_METHODS = frozenset(
+    {
+        "CreateModel",
+        "RegisterVersion",
+        "UpdateVersion",
+        "ArchiveVersion",
+        "CleanupVersions",
+        "SetAlias",
+        "DeleteAlias",
+        "CreateDeployment",
+        "SetRoutes",
+        "RollbackDeployment",
+        "DeleteDeployment",
+        "ReportStatus",
+        "RecordBenchmarkRun",
+        "ImportRegistry",
+    }
+)
+
+Ctx = aio.ServicerContext
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+    def __init__(self, registry: Registry, heartbeat_interval_ms: int) -> None:
+        self.registry = registry
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+
+    async def CreateModel(self, request: pb.CreateModelRequest, context: Ctx) -> pb.Model:
+        model = Model(
+            model_id=request.model_id,
+            model_type=cv.model_type_from_pb(request.model_type, required=True),
+            description=request.description,
+            tags=dict(request.tags),
+        )
+        return cv.model_to_pb(await self.registry.create_model(model, actor=current_actor()))
+
+    async def GetModel(self, request: pb.GetModelRequest, context: Ctx) -> pb.Model:
+        return cv.model_to_pb(await self.registry.get_model(request.model_id))
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: Ctx) -> pb.ListModelsResponse:
+        models, token = await self.registry.list_models(
+            model_type=cv.model_type_from_pb(request.model_type),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListModelsResponse(models=[cv.model_to_pb(m) for m in models], next_page_token=token)
+
+    async def RegisterVersion(self, request: pb.RegisterVersionRequest, context: Ctx) -> pb.ModelVersion:
+        version = await self.registry.register_version(
+            cv.version_from_pb(request.version),
+            actor=current_actor(),
+            create_model=request.create_model,
+            model_type=cv.model_type_from_pb(request.model_type),
+        )
+        return cv.version_to_pb(version)
+
+    async def GetVersion(self, request: pb.GetVersionRequest, context: Ctx) -> pb.ModelVersion:
+        return cv.version_to_pb(await self.registry.get_version(request.model_id, request.version))
+
+    async def ListVersions(self, request: pb.ListVersionsRequest, context: Ctx) -> pb.ListVersionsResponse:
+        versions, token = await self.registry.list_versions(
+            model_id=request.model_id,
+            model_type=cv.model_type_from_pb(request.model_type),
+            tags=list(request.tags),
+            status=cv.STATUS_FROM_PB.get(request.status, ""),
+            alias=request.alias,
+            query=request.query,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListVersionsResponse(
+            versions=[cv.version_to_pb(v) for v in versions], next_page_token=token
+        )
+
+    async def UpdateVersion(self, request: pb.UpdateVersionRequest, context: Ctx) -> pb.ModelVersion:
+        version = await self.registry.update_version(
+            request.model_id,
+            request.version,
+            set_tags=dict(request.set_tags),
+            remove_tags=list(request.remove_tags),
+            description=request.description if request.HasField("description") else None,
+            status=cv.STATUS_FROM_PB.get(request.status, ""),
+            actor=current_actor(),
+            reason=request.reason,
+        )
+        return cv.version_to_pb(version)
+
+    async def ArchiveVersion(self, request: pb.ArchiveVersionRequest, context: Ctx) -> pb.ModelVersion:
+        version = await self.registry.update_version(
+            request.model_id,
+            request.version,
+            set_tags={},
+            remove_tags=[],
+            description=None,
+            status="archived",
+            actor=current_actor(),
+            reason=request.reason,
+        )
+        return cv.version_to_pb(version)
+
+    async def CleanupVersions(
+        self, request: pb.CleanupVersionsRequest, context: Ctx
+    ) -> pb.CleanupVersionsResponse:
+        removed, kept = await self.registry.cleanup_versions(
+            request.model_id,
+            keep_last=request.keep_last,
+            dry_run=request.dry_run,
+            skip_in_use=request.skip_in_use,
+            actor=current_actor(),
+            reason=request.reason,
+        )
+        return pb.CleanupVersionsResponse(removed=removed, kept_in_use=kept, dry_run=request.dry_run)
+
+    async def SetAlias(self, request: pb.SetAliasRequest, context: Ctx) -> pb.SetAliasResponse:
+        alias, previous, gates, switched = await self.registry.set_alias(
+            request.model_id,
+            request.alias,
+            request.version,
+            gates=list(request.gates),
+            gate_suite=request.gate_suite,
+            acknowledge_incompatible=request.acknowledge_incompatible,
+            actor=current_actor(),
+            reason=request.reason,
+        )
+        return pb.SetAliasResponse(
+            model_id=alias.model_id,
+            alias=alias.alias,
+            version=alias.version,
+            previous_version=previous,
+            gates=[cv.gate_to_pb(g) for g in gates],
+            switched=[cv.deployment_to_pb(d) for d in switched],
+        )
+
+    async def DeleteAlias(self, request: pb.DeleteAliasRequest, context: Ctx) -> pb.DeleteAliasResponse:
+        await self.registry.delete_alias(
+            request.model_id, request.alias, actor=current_actor(), reason=request.reason
+        )
+        return pb.DeleteAliasResponse()
+
+    async def ListAliases(self, request: pb.ListAliasesRequest, context: Ctx) -> pb.ListAliasesResponse:
+        aliases = await self.registry.list_aliases(request.model_id)
+        return pb.ListAliasesResponse(aliases=[cv.alias_to_pb(a) for a in aliases])
+
+    async def CreateDeployment(self, request: pb.CreateDeploymentRequest, context: Ctx) -> pb.Deployment:
+        deployment = await self.registry.create_deployment(
+            name=request.name,
+            model_id=request.model_id,
+            routes=cv.routes_from_pb(list(request.routes)),
+            follow_alias=request.follow_alias,
+            description=request.description,
+            actor=current_actor(),
+            reason=request.reason,
+        )
+        return cv.deployment_to_pb(deployment)
+
+    async def GetDeployment(self, request: pb.GetDeploymentRequest, context: Ctx) -> pb.Deployment:
+        return cv.deployment_to_pb(await self.registry.get_deployment(request.name))
+
+    async def ListDeployments(
+        self, request: pb.ListDeploymentsRequest, context: Ctx
+    ) -> pb.ListDeploymentsResponse:
+        deployments = await self.registry.list_deployments(request.model_id)
+        return pb.ListDeploymentsResponse(deployments=[cv.deployment_to_pb(d) for d in deployments])
+
+    async def SetRoutes(self, request: pb.SetRoutesRequest, context: Ctx) -> pb.Deployment:
+        deployment = await self.registry.set_routes(
+            request.name,
+            cv.routes_from_pb(list(request.routes)),
+            acknowledge_incompatible=request.acknowledge_incompatible,
+            expected_revision=request.expected_revision,
+            actor=current_actor(),
+            reason=request.reason,
+        )
+        return cv.deployment_to_pb(deployment)
+
+    async def RollbackDeployment(self, request: pb.RollbackDeploymentRequest, context: Ctx) -> pb.Deployment:
+        deployment = await self.registry.rollback(
+            request.name,
+            to_revision=request.to_revision,
+            acknowledge_incompatible=request.acknowledge_incompatible,
+            actor=current_actor(),
+            reason=request.reason,
+        )
+        return cv.deployment_to_pb(deployment)
+
+    async def DeleteDeployment(
+        self, request: pb.DeleteDeploymentRequest, context: Ctx
+    ) -> pb.DeleteDeploymentResponse:
+        revision = await self.registry.delete_deployment(
+            request.name, actor=current_actor(), reason=request.reason
+        )
+        return pb.DeleteDeploymentResponse(revision=revision)
+
+    async def CheckCompatibility(
+        self, request: pb.CheckCompatibilityRequest, context: Ctx
+    ) -> pb.CheckCompatibilityResponse:
+        differences = await self.registry.check_compatibility(
+            request.deployment, request.model_id, request.version
+        )
+        return pb.CheckCompatibilityResponse(compatible=not differences, differences=differences)
+
+    async def WatchDeployments(
+        self, request: pb.WatchDeploymentsRequest, context: Ctx
+    ) -> AsyncIterator[pb.WatchDeploymentsResponse]:
+        WATCHERS.inc()
+        try:
+            async for kind, revision, deployments, action in self.registry.watch(
+                list(request.deployments), request.since_revision
+            ):
+                yield pb.WatchDeploymentsResponse(
+                    kind=cv.EVENT_KIND_TO_PB[kind],
+                    revision=revision,
+                    deployments=[cv.deployment_to_pb(d) for d in deployments],
+                    action=action,
+                )
+        finally:
+            WATCHERS.dec()
+
+    async def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, context: Ctx
+    ) -> pb.ListAuditEventsResponse:
+        events, token = await self.registry.list_audit(
+            entity_type=request.entity_type,
+            entity_id=request.entity_id,
+            action=request.action,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListAuditEventsResponse(events=[cv.audit_to_pb(e) for e in events], next_page_token=token)
+
+    async def ReportStatus(self, request: pb.ReportStatusRequest, context: Ctx) -> pb.ReportStatusResponse:
+        await self.registry.report_status(cv.worker_from_pb(request.status))
+        return pb.ReportStatusResponse(heartbeat_interval_ms=self.heartbeat_interval_ms)
+
+    async def ListWorkers(self, request: pb.ListWorkersRequest, context: Ctx) -> pb.ListWorkersResponse:
+        workers = await self.registry.list_workers(
+            deployment=request.deployment, include_stale=request.include_stale
+        )
+        return pb.ListWorkersResponse(workers=[cv.worker_to_pb(w) for w in workers])
+
+    async def GetRolloutStatus(self, request: pb.GetRolloutStatusRequest, context: Ctx) -> pb.RolloutStatus:
+        status = await self.registry.rollout_status(
+            request.deployment, revision=request.revision, wait_timeout_s=request.wait_timeout_ms / 1000
+        )
+        return cv.rollout_to_pb(status)
+
+    async def RecordBenchmarkRun(
+        self, request: pb.RecordBenchmarkRunRequest, context: Ctx
+    ) -> pb.BenchmarkRun:
+        run = await self.registry.record_run(cv.run_from_pb(request.run), actor=current_actor())
+        return cv.run_to_pb(run)
+
+    async def GetBenchmarkRun(self, request: pb.GetBenchmarkRunRequest, context: Ctx) -> pb.BenchmarkRun:
+        run = await self.registry.get_run(request.run_id, with_samples=not request.without_samples)
+        return cv.run_to_pb(run)
+
+    async def ListBenchmarkRuns(
+        self, request: pb.ListBenchmarkRunsRequest, context: Ctx
+    ) -> pb.ListBenchmarkRunsResponse:
+        runs, token = await self.registry.list_runs(
+            model_id=request.model_id,
+            version=request.version,
+            suite=request.suite,
+            status=cv.RUN_STATUS_FROM_PB.get(request.status, ""),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListBenchmarkRunsResponse(runs=[cv.run_to_pb(r) for r in runs], next_page_token=token)
+
+    async def GetVersionMetrics(
+        self, request: pb.GetVersionMetricsRequest, context: Ctx
+    ) -> pb.GetVersionMetricsResponse:
+        metrics = await self.registry.version_metrics(request.model_id, request.version, request.suite)
+        return pb.GetVersionMetricsResponse(metrics=[cv.version_metric_to_pb(m) for m in metrics])
+
+    async def ExportRegistry(
+        self, request: pb.ExportRegistryRequest, context: Ctx
+    ) -> pb.ExportRegistryResponse:
+        return pb.ExportRegistryResponse(json=await self.registry.export_json())
+
+    async def ImportRegistry(
+        self, request: pb.ImportRegistryRequest, context: Ctx
+    ) -> pb.ImportRegistryResponse:
+        counts = await self.registry.import_json(request.json, actor=current_actor())
+        return pb.ImportRegistryResponse(**counts)

@@ -1,0 +1,37 @@
+"""Registry settings, from MODELYARD_REGISTRY_* (and MODELYARD_DATABASE_URL) and flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from modelyard.common.settings import ServerSettings
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "modelyard" / "registry"
+
+
+class RegistrySettings(ServerSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELYARD_REGISTRY_", extra="ignore", populate_by_name=True)
+
+    port: int = Field(50051, description="gRPC port; 0 picks a free one.")
+    database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "database_url", "MODELYARD_DATABASE_URL", "MODELYARD_REGISTRY_DATABASE_URL"
+        ),
+        description="PostgreSQL URL; without it the registry starts a private PostgreSQL in data_dir.",
+    )
+    data_dir: Path = Field(
+        default_factory=default_data_dir, description="Where the embedded PostgreSQL keeps its files."
+    )
+    pool_max_size: int = Field(10, description="Most database connections this replica opens.")
+    poll_interval_s: float = Field(
+        1.0, description="Safety-net poll for deployment changes a missed NOTIFY would hide."
+    )
+    heartbeat_interval_ms: int = Field(1000, description="How often workers are asked to report.")
+    heartbeat_ttl_s: float = Field(5.0, description="A worker silent for longer counts as gone.")
+    startup_timeout_s: float = Field(60.0, description="How long to wait for the database at start.")

@@ -1,0 +1,107 @@
+"""Input rules of the registry: names, SemVer, checkpoint hashes, route weights, promotion gates."""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from modelyard.common.errors import InvalidArgument
+from modelyard.registry.domain import MODEL_TYPES, Route
+
+# SemVer 2.0.0, as published at semver.org.
+_SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+_GATE = re.compile(r"^\s*([A-Za-z][\w@./:-]*)\s*(>=|<=|==|>|<)\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*$")
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    "==": operator.eq,
+    ">": operator.gt,
+    "<": operator.lt,
+}
+
+
+def check_name(kind: str, value: str) -> str:
+    if not _NAME.match(value):
+        raise InvalidArgument(
+            f"invalid {kind} {value!r}: use 1-63 lower-case letters, digits, '.', '_' or '-', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def check_semver(version: str) -> str:
+    if not _SEMVER.match(version):
+        raise InvalidArgument(
+            f"invalid version {version!r}: versions are SemVer, MAJOR.MINOR.PATCH with optional "
+            "-prerelease and +build (e.g. 1.2.0 or 2.0.0-rc.1)"
+        )
+    return version
+
+
+def check_checkpoint_hash(value: str) -> str:
+    if not _SHA256.match(value):
+        raise InvalidArgument(
+            f"invalid checkpoint_hash {value!r}: expected the sha256 of the artifact as 64 lower-case "
+            "hex digits (`modelyard models import` computes it)"
+        )
+    return value
+
+
+def check_model_type(value: str) -> str:
+    if value not in MODEL_TYPES:
+        raise InvalidArgument(f"invalid model type {value!r}: expected one of {', '.join(MODEL_TYPES)}")
+    return value
+
+
+def check_routes(routes: Sequence[Route]) -> list[Route]:
+    """Weights are integers 0..100 summing to 100, each version once, at least one serving route."""
+    if not routes:
+        raise InvalidArgument(
+            "a deployment needs at least one route: give version=weight pairs summing to 100"
+        )
+    seen: set[str] = set()
+    for route in routes:
+        check_semver(route.version)
+        if route.version in seen:
+            raise InvalidArgument(f"version {route.version} appears twice in the routes; list it once")
+        seen.add(route.version)
+        if not 0 <= route.weight <= 100:
+            raise InvalidArgument(
+                f"weight {route.weight} for version {route.version} is out of range: weights are 0..100"
+            )
+    total = sum(r.weight for r in routes)
+    if total != 100:
+        shown = ", ".join(f"{r.version}={r.weight}" for r in routes)
+        raise InvalidArgument(
+            f"route weights sum to {total}, not 100 ({shown}); weight 0 stages a version without traffic"
+        )
+    return list(routes)
+
+
+@dataclass(frozen=True)
+class Gate:
+    text: str
+    metric: str
+    op: str
+    threshold: float
+
+    def passes(self, observed: float) -> bool:
+        return _OPS[self.op](observed, self.threshold)
+
+
+def parse_gate(text: str) -> Gate:
+    match = _GATE.match(text)
+    if not match:
+        raise InvalidArgument(
+            f"invalid gate {text!r}: write `metric op number`, e.g. `recall@10 >= 0.80` "
+            "(op is one of >=, >, <=, <, ==)"
+        )
+    return Gate(text.strip(), match.group(1), match.group(2), float(match.group(3)))

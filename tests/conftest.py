@@ -1,0 +1,87 @@
+"""Fixtures on real infrastructure: one embedded PostgreSQL per test session, a fresh database per
+test cloned from a migrated template, and in-process registry servers on free ports."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TEMPLATE_DB = "modelyard_template"
+
+
+class PostgresInstance:
+    def __init__(self, data_dir: Path) -> None:
+        import pgserver
+
+        self.data_dir = data_dir
+        self.server = pgserver.get_server(data_dir, cleanup_mode="stop")
+
+    def url(self, database: str = "postgres") -> str:
+        return str(self.server.get_uri(database))
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresInstance]:
+    instance = PostgresInstance(tmp_path_factory.mktemp("pg") / "data")
+    yield instance
+    instance.server.cleanup()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def migrated_template(postgres: PostgresInstance) -> str:
+    from modelyard.registry.db import migrate
+
+    conn = await asyncpg.connect(postgres.url())
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
+        await conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    finally:
+        await conn.close()
+    await migrate(postgres.url(TEMPLATE_DB))
+    return TEMPLATE_DB
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def database_url(postgres: PostgresInstance, migrated_template: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(postgres.url())
+    try:
+        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {migrated_template}")
+    finally:
+        await conn.close()
+    yield postgres.url(name)
+    conn = await asyncpg.connect(postgres.url())
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def registry(database_url: str) -> AsyncIterator[object]:
+    """A registry server in this process on a free port; `.address` is host:port."""
+    from modelyard.registry.server import RegistryServer
+    from modelyard.registry.settings import RegistrySettings
+
+    server = RegistryServer(
+        RegistrySettings(
+            database_url=database_url, host="127.0.0.1", port=0, metrics_port=0, poll_interval_s=0.5,
+            grace_period_s=1.0,
+        )
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -1,0 +1,102 @@
+"""Helpers the tests share: free ports, real server subprocesses, OIP/registry stubs."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+_STARTED = re.compile(r"server\.started component=(\S+) address=(\S+) metrics_port=(\S+)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """A Modelyard server in its own process; `address` is known once it logged `server.started`."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 60) -> None:
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.args = list(args)
+        self.proc = subprocess.Popen(
+            [sys.executable, *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=full_env, text=True
+        )
+        self.lines: list[str] = []
+        self.address = ""
+        self.metrics_port = 0
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.lines.append(line.rstrip())
+                match = _STARTED.search(line)
+                if match and not ready.is_set():
+                    self.address = match.group(2)
+                    self.metrics_port = int(match.group(3)) if match.group(3).isdigit() else 0
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(timeout) or not self.address:
+            self.kill()
+            raise RuntimeError(f"{args} did not start:\n" + "\n".join(self.lines[-40:]))
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    def terminate(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+
+def spawn_registry(database_url: str, *, port: int = 0, extra: Sequence[str] = ()) -> ServerProcess:
+    return ServerProcess(
+        [
+            "-m",
+            "modelyard.registry",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "0",
+            "--database-url",
+            database_url,
+            "--poll-interval-s",
+            "0.5",
+            *extra,
+        ]
+    )
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
