@@ -4,13 +4,14 @@ test cloned from a migrated template, and in-process registry servers on free po
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import asyncpg
 import pytest
 import pytest_asyncio
+from support import PostgresInstance, make_postgres_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -19,22 +20,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 TEMPLATE_DB = "modelyard_template"
 
 
-class PostgresInstance:
-    def __init__(self, data_dir: Path) -> None:
-        import pgserver
-
-        self.data_dir = data_dir
-        self.server = pgserver.get_server(data_dir, cleanup_mode="stop")
-
-    def url(self, database: str = "postgres") -> str:
-        return str(self.server.get_uri(database))
-
-
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresInstance]:
-    instance = PostgresInstance(tmp_path_factory.mktemp("pg") / "data")
+def postgres() -> Iterator[PostgresInstance]:
+    root = make_postgres_dir()
+    instance = PostgresInstance(root / "data")
     yield instance
     instance.server.cleanup()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -76,7 +68,11 @@ async def registry(database_url: str) -> AsyncIterator[object]:
 
     server = RegistryServer(
         RegistrySettings(
-            database_url=database_url, host="127.0.0.1", port=0, metrics_port=0, poll_interval_s=0.5,
+            database_url=database_url,
+            host="127.0.0.1",
+            port=0,
+            metrics_port=0,
+            poll_interval_s=0.5,
             grace_period_s=1.0,
         )
     )

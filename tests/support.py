@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -29,7 +30,11 @@ class ServerProcess:
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.args = list(args)
         self.proc = subprocess.Popen(
-            [sys.executable, *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=full_env, text=True
+            [sys.executable, *args],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            env=full_env,
+            text=True,
         )
         self.lines: list[str] = []
         self.address = ""
@@ -100,3 +105,21 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class PostgresInstance:
+    def __init__(self, data_dir: Path) -> None:
+        import pgserver
+
+        self.data_dir = data_dir
+        self.server = pgserver.get_server(data_dir, cleanup_mode="stop")
+
+    def url(self, database: str = "postgres") -> str:
+        return str(self.server.get_uri(database))
+
+
+def make_postgres_dir() -> Path:
+    """A directory the unprivileged `pgserver` user can reach (pytest's tmp tree is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="modelyard-pg-"))
+    path.chmod(0o755)
+    return path

@@ -682,7 +682,7 @@ class Registry:
                 last = ev.revision
                 if not wanted or ev.deployment.name in wanted:
                     yield ev.kind, ev.revision, [ev.deployment], ev.action
-            await self.broadcast.wait_beyond(last, timeout=15.0)
+            await self.broadcast.wait_beyond(last, within_s=15.0)
 
     # ---- history -------------------------------------------------------------------------------
 
