@@ -124,8 +124,8 @@ async def insert_version(conn: Conn, *, version: ModelVersion) -> None:
     with _translate(f"version {version.model_id} {version.version}"):
         await conn.execute(
             "INSERT INTO model_versions (model_id, version, source_uri, checkpoint_hash, loader,"
-            " inference_config, signature, lineage, tags, description, created_by)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            " inference_config, signature, lineage, tags, description, created_by, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, COALESCE($12, now()))",
             version.model_id,
             version.version,
             version.source_uri,
@@ -137,6 +137,7 @@ async def insert_version(conn: Conn, *, version: ModelVersion) -> None:
             version.tags,
             version.description,
             version.created_by,
+            version.created_at,  # kept on import, set by the database on registration
         )
 
 

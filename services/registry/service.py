@@ -147,7 +147,7 @@ class Registry:
             raise InvalidArgument("inference_config.max_batch_size and max_delay_ms must not be negative")
         if version.lineage.parent_version:
             check_semver(version.lineage.parent_version)
-        version = dataclasses.replace(version, created_by=actor, status="ready", aliases=[])
+        version = dataclasses.replace(version, created_by=actor, created_at=None, status="ready", aliases=[])
         async with self.db.transaction() as conn:
             if await repo.get_model(conn, model_id=version.model_id) is None:
                 if not create_model:
