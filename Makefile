@@ -57,7 +57,7 @@ test-integration: $(STAMP)
 
 # Each script measures one part and rewrites its own section of docs/benchmarks.md.
 bench: $(STAMP)
-	for script in tests/bench/bench_*.py; do $(PY) $$script || exit 1; done
+	for script in tests/bench/bench_*.py; do PYTHONPATH=tests $(PY) $$script || exit 1; done
 
 demo: $(STAMP)
 	$(PY) -m modelyard.cli.demo

@@ -11,7 +11,7 @@ from modelyard.api import registry_pb2_grpc
 from modelyard.common.interceptors import current_actor
 from modelyard.registry import converters as cv
 from modelyard.registry.broadcast import WATCHERS
-from modelyard.registry.domain import Model
+from modelyard.registry.domain import Deployment, Model
 from modelyard.registry.service import Registry
 
 # RPCs that change state and therefore need an admin token when tokens are configured.
@@ -41,6 +41,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def __init__(self, registry: Registry, heartbeat_interval_ms: int) -> None:
         self.registry = registry
         self.heartbeat_interval_ms = heartbeat_interval_ms
+        self._changes: dict[int, pb.WatchDeploymentsResponse] = {}
 
     async def CreateModel(self, request: pb.CreateModelRequest, context: Ctx) -> pb.Model:
         model = Model(
@@ -224,12 +225,17 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             async for kind, revision, deployments, action in self.registry.watch(
                 list(request.deployments), request.since_revision
             ):
-                yield pb.WatchDeploymentsResponse(
-                    kind=cv.EVENT_KIND_TO_PB[kind],
-                    revision=revision,
-                    deployments=[cv.deployment_to_pb(d) for d in deployments],
-                    action=action,
-                )
+                if kind == "snapshot":
+                    yield _watch_response(kind, revision, deployments, action)
+                    continue
+                # Every watcher of this replica gets the same message for a change: convert it once.
+                message = self._changes.get(revision)
+                if message is None:
+                    message = _watch_response(kind, revision, deployments, action)
+                    self._changes[revision] = message
+                    while len(self._changes) > 256:
+                        self._changes.pop(next(iter(self._changes)))
+                yield message
         finally:
             WATCHERS.dec()
 
@@ -300,3 +306,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> pb.ImportRegistryResponse:
         counts = await self.registry.import_json(request.json, actor=current_actor())
         return pb.ImportRegistryResponse(**counts)
+
+
+def _watch_response(
+    kind: str, revision: int, deployments: list[Deployment], action: str
+) -> pb.WatchDeploymentsResponse:
+    return pb.WatchDeploymentsResponse(
+        kind=cv.EVENT_KIND_TO_PB[kind],
+        revision=revision,
+        deployments=[cv.deployment_to_pb(d) for d in deployments],
+        action=action,
+    )

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 REPORT = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
-HEADER = "# Benchmarks\n\nWritten by `make bench`; each section says the machine, the command and the figures.\n"
+HEADER = (
+    "# Benchmarks\n\nWritten by `make bench`; each section says the machine, the command and the figures.\n"
+)
 
 
 def machine() -> str:
@@ -40,6 +42,8 @@ def write_section(name: str, body: str) -> None:
     text = REPORT.read_text() if REPORT.exists() else HEADER
     block = f"{begin}\n{body.rstrip()}\n{end}"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    text = (
+        pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    )
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(text)

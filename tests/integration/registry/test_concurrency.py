@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 
 import asyncpg
@@ -36,7 +37,7 @@ async def test_twenty_concurrent_route_changes(stub: Stub, database_url: str) ->
     assert [e["revision"] for e in events] == list(range(1, created.revision + 21))
     # Each change saw the state the previous one left: the audit log is a chain.
     ordered = sorted(audit, key=lambda r: r["revision"])
-    for previous, current in zip(ordered, ordered[1:], strict=False):
+    for previous, current in itertools.pairwise(ordered):
         assert json.loads(current["before"])["routes"] == json.loads(previous["after"])["routes"]
 
     final = await stub.GetDeployment(pb.GetDeploymentRequest(name="text"))

@@ -1,0 +1,90 @@
+"""Helpers the inference-worker tests share: tiny model artifacts, specs, OIP requests."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from modelyard.api import grpc_predict_v2_pb2 as oip
+from modelyard.api import registry_pb2 as rpb
+from modelyard.inference.artifacts import checkpoint_hash
+from modelyard.inference.domain import DeploymentSpec, InferenceConfig, VersionSpec
+
+
+def png(color: tuple[int, int, int] = (10, 200, 30), size: int = 24) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def version_spec(
+    path: Path,
+    version: str,
+    *,
+    loader: str = "sentence-transformers",
+    model_id: str = "tiny",
+    checkpoint: str | None = None,
+    **config: object,
+) -> VersionSpec:
+    return VersionSpec(
+        model_id=model_id,
+        version=version,
+        source_uri=str(path),
+        checkpoint_hash=checkpoint or checkpoint_hash(path),
+        loader=loader,
+        config=InferenceConfig(**{"max_batch_size": 16, "max_delay_ms": 2, "device": "cpu", **config}),  # type: ignore[arg-type]
+    )
+
+
+def deployment_spec(
+    name: str, routes: dict[str, int], versions: list[VersionSpec], revision: int = 1
+) -> DeploymentSpec:
+    return DeploymentSpec(
+        name=name,
+        model_id=versions[0].model_id,
+        routes=tuple(routes.items()),
+        versions=tuple(versions),
+        revision=revision,
+    )
+
+
+def registry_version(
+    path: Path,
+    version: str,
+    *,
+    model_id: str,
+    loader: str = "sentence-transformers",
+    checkpoint: str | None = None,
+    quantization: str = "",
+    max_batch_size: int = 32,
+    max_delay_ms: int = 2,
+    dim: int = 384,
+) -> rpb.ModelVersion:
+    return rpb.ModelVersion(
+        model_id=model_id,
+        version=version,
+        source_uri=f"file://{path}",
+        checkpoint_hash=checkpoint or checkpoint_hash(path),
+        loader=loader,
+        inference_config=rpb.InferenceConfig(
+            max_batch_size=max_batch_size,
+            max_delay_ms=max_delay_ms,
+            device="cpu",
+            dtype="float32",
+            quantization=quantization,
+        ),
+        signature=rpb.Signature(
+            inputs=[rpb.TensorSpec(name="text", datatype="BYTES", shape=[-1])],
+            outputs=[rpb.TensorSpec(name="embedding", datatype="FP32", shape=[-1, dim])],
+            embedding_dim=dim,
+        ),
+    )
+
+
+def text_request(deployment: str, texts: list[str], version: str = "") -> oip.ModelInferRequest:
+    request = oip.ModelInferRequest(model_name=deployment, model_version=version)
+    tensor = request.inputs.add(name="text", datatype="BYTES", shape=[len(texts)])
+    tensor.contents.bytes_contents.extend(t.encode() for t in texts)
+    return request
