@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from modelyard.api import registry_pb2 as modelyard_dot_api_dot_registry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmodelyard/api/benchmark.proto\x12\x16modelyard.benchmark.v1\x1a\x1cmodelyard/api/registry.proto\"v\n\x0cLoadSettings\x12\x13\n\x0b\x63oncurrency\x18\x01 \x03(\x05\x12\x10\n\x08requests\x18\x02 \x01(\x05\x12\x12\n\nduration_s\x18\x03 \x01(\x01\x12\x17\n\x0fwarmup_requests\x18\x04 \x01(\x05\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\"\xb3\x02\n\x13RunBenchmarkRequest\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x10\n\x08versions\x18\x04 \x03(\t\x12\r\n\x05suite\x18\x05 \x01(\t\x12\x32\n\x04load\x18\x06 \x01(\x0b\x32$.modelyard.benchmark.v1.LoadSettings\x12I\n\x07options\x18\x07 \x03(\x0b\x32\x38.modelyard.benchmark.v1.RunBenchmarkRequest.OptionsEntry\x12\x16\n\x0estage_unrouted\x18\x08 \x01(\x08\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9b\x01\n\x14RunBenchmarkProgress\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05phase\x18\x03 \x01(\t\x12\x10\n\x08\x66raction\x18\x04 \x01(\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x30\n\x03run\x18\x06 \x01(\x0b\x32#.modelyard.registry.v1.BenchmarkRun\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"j\n\x0fListRunsRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05suite\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"^\n\x10ListRunsResponse\x12\x31\n\x04runs\x18\x01 \x03(\x0b\x32#.modelyard.registry.v1.BenchmarkRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"m\n\x0e\x43ompareRequest\x12\x17\n\x0f\x62\x61seline_run_id\x18\x01 \x01(\t\x12\x18\n\x10\x63\x61ndidate_run_id\x18\x02 \x01(\t\x12\x11\n\tresamples\x18\x03 \x01(\x05\x12\x15\n\rexport_format\x18\x04 \x01(\t\"\xaf\x01\n\x10MetricComparison\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x03 \x01(\x01\x12\x11\n\tcandidate\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x06 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x07 \x01(\x01\x12\x18\n\x10higher_is_better\x18\x08 \x01(\x08\x12\x0e\n\x06winner\x18\t \x01(\t\"\x9f\x01\n\x0f\x43ompareResponse\x12\x17\n\x0f\x62\x61seline_run_id\x18\x01 \x01(\t\x12\x18\n\x10\x63\x61ndidate_run_id\x18\x02 \x01(\t\x12\x39\n\x07metrics\x18\x03 \x03(\x0b\x32(.modelyard.benchmark.v1.MetricComparison\x12\x0e\n\x06winner\x18\x04 \x01(\t\x12\x0e\n\x06\x65xport\x18\x05 \x01(\t\"\x13\n\x11ListSuitesRequest\"8\n\x05Suite\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"C\n\x12ListSuitesResponse\x12-\n\x06suites\x18\x01 \x03(\x0b\x32\x1d.modelyard.benchmark.v1.Suite2\xf5\x03\n\x10\x42\x65nchmarkService\x12k\n\x0cRunBenchmark\x12+.modelyard.benchmark.v1.RunBenchmarkRequest\x1a,.modelyard.benchmark.v1.RunBenchmarkProgress0\x01\x12T\n\x06GetRun\x12%.modelyard.benchmark.v1.GetRunRequest\x1a#.modelyard.registry.v1.BenchmarkRun\x12]\n\x08ListRuns\x12\'.modelyard.benchmark.v1.ListRunsRequest\x1a(.modelyard.benchmark.v1.ListRunsResponse\x12Z\n\x07\x43ompare\x12&.modelyard.benchmark.v1.CompareRequest\x1a\'.modelyard.benchmark.v1.CompareResponse\x12\x63\n\nListSuites\x12).modelyard.benchmark.v1.ListSuitesRequest\x1a*.modelyard.benchmark.v1.ListSuitesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmodelyard/api/benchmark.proto\x12\x16modelyard.benchmark.v1\x1a\x1cmodelyard/api/registry.proto\"v\n\x0cLoadSettings\x12\x13\n\x0b\x63oncurrency\x18\x01 \x03(\x05\x12\x10\n\x08requests\x18\x02 \x01(\x05\x12\x12\n\nduration_s\x18\x03 \x01(\x01\x12\x17\n\x0fwarmup_requests\x18\x04 \x01(\x05\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\"\xb3\x02\n\x13RunBenchmarkRequest\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x10\n\x08versions\x18\x04 \x03(\t\x12\r\n\x05suite\x18\x05 \x01(\t\x12\x32\n\x04load\x18\x06 \x01(\x0b\x32$.modelyard.benchmark.v1.LoadSettings\x12I\n\x07options\x18\x07 \x03(\x0b\x32\x38.modelyard.benchmark.v1.RunBenchmarkRequest.OptionsEntry\x12\x16\n\x0estage_unrouted\x18\x08 \x01(\x08\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9b\x01\n\x14RunBenchmarkProgress\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05phase\x18\x03 \x01(\t\x12\x10\n\x08\x66raction\x18\x04 \x01(\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x30\n\x03run\x18\x06 \x01(\x0b\x32#.modelyard.registry.v1.BenchmarkRun\"8\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x17\n\x0fwithout_samples\x18\x02 \x01(\x08\"j\n\x0fListRunsRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05suite\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"^\n\x10ListRunsResponse\x12\x31\n\x04runs\x18\x01 \x03(\x0b\x32#.modelyard.registry.v1.BenchmarkRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"{\n\x0e\x43ompareRequest\x12\x17\n\x0f\x62\x61seline_run_id\x18\x01 \x01(\t\x12\x18\n\x10\x63\x61ndidate_run_id\x18\x02 \x01(\t\x12\x11\n\tresamples\x18\x03 \x01(\x05\x12\x15\n\rexport_format\x18\x04 \x01(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x04\"\x8a\x02\n\x10MetricComparison\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x03 \x01(\x01\x12\x11\n\tcandidate\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x06 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x07 \x01(\x01\x12\x18\n\x10higher_is_better\x18\x08 \x01(\x08\x12\x0e\n\x06winner\x18\t \x01(\t\x12\x14\n\x0chas_interval\x18\n \x01(\x08\x12\x0e\n\x06paired\x18\x0b \x01(\x08\x12\x18\n\x10\x62\x61seline_samples\x18\x0c \x01(\x05\x12\x19\n\x11\x63\x61ndidate_samples\x18\r \x01(\x05\"\x9f\x01\n\x0f\x43ompareResponse\x12\x17\n\x0f\x62\x61seline_run_id\x18\x01 \x01(\t\x12\x18\n\x10\x63\x61ndidate_run_id\x18\x02 \x01(\t\x12\x39\n\x07metrics\x18\x03 \x03(\x0b\x32(.modelyard.benchmark.v1.MetricComparison\x12\x0e\n\x06winner\x18\x04 \x01(\t\x12\x0e\n\x06\x65xport\x18\x05 \x01(\t\"\x13\n\x11ListSuitesRequest\"8\n\x05Suite\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"C\n\x12ListSuitesResponse\x12-\n\x06suites\x18\x01 \x03(\x0b\x32\x1d.modelyard.benchmark.v1.Suite2\xf5\x03\n\x10\x42\x65nchmarkService\x12k\n\x0cRunBenchmark\x12+.modelyard.benchmark.v1.RunBenchmarkRequest\x1a,.modelyard.benchmark.v1.RunBenchmarkProgress0\x01\x12T\n\x06GetRun\x12%.modelyard.benchmark.v1.GetRunRequest\x1a#.modelyard.registry.v1.BenchmarkRun\x12]\n\x08ListRuns\x12\'.modelyard.benchmark.v1.ListRunsRequest\x1a(.modelyard.benchmark.v1.ListRunsResponse\x12Z\n\x07\x43ompare\x12&.modelyard.benchmark.v1.CompareRequest\x1a\'.modelyard.benchmark.v1.CompareResponse\x12\x63\n\nListSuites\x12).modelyard.benchmark.v1.ListSuitesRequest\x1a*.modelyard.benchmark.v1.ListSuitesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,23 +43,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNBENCHMARKPROGRESS']._serialized_start=518
   _globals['_RUNBENCHMARKPROGRESS']._serialized_end=673
   _globals['_GETRUNREQUEST']._serialized_start=675
-  _globals['_GETRUNREQUEST']._serialized_end=706
-  _globals['_LISTRUNSREQUEST']._serialized_start=708
-  _globals['_LISTRUNSREQUEST']._serialized_end=814
-  _globals['_LISTRUNSRESPONSE']._serialized_start=816
-  _globals['_LISTRUNSRESPONSE']._serialized_end=910
-  _globals['_COMPAREREQUEST']._serialized_start=912
-  _globals['_COMPAREREQUEST']._serialized_end=1021
-  _globals['_METRICCOMPARISON']._serialized_start=1024
-  _globals['_METRICCOMPARISON']._serialized_end=1199
-  _globals['_COMPARERESPONSE']._serialized_start=1202
-  _globals['_COMPARERESPONSE']._serialized_end=1361
-  _globals['_LISTSUITESREQUEST']._serialized_start=1363
-  _globals['_LISTSUITESREQUEST']._serialized_end=1382
-  _globals['_SUITE']._serialized_start=1384
-  _globals['_SUITE']._serialized_end=1440
-  _globals['_LISTSUITESRESPONSE']._serialized_start=1442
-  _globals['_LISTSUITESRESPONSE']._serialized_end=1509
-  _globals['_BENCHMARKSERVICE']._serialized_start=1512
-  _globals['_BENCHMARKSERVICE']._serialized_end=2013
+  _globals['_GETRUNREQUEST']._serialized_end=731
+  _globals['_LISTRUNSREQUEST']._serialized_start=733
+  _globals['_LISTRUNSREQUEST']._serialized_end=839
+  _globals['_LISTRUNSRESPONSE']._serialized_start=841
+  _globals['_LISTRUNSRESPONSE']._serialized_end=935
+  _globals['_COMPAREREQUEST']._serialized_start=937
+  _globals['_COMPAREREQUEST']._serialized_end=1060
+  _globals['_METRICCOMPARISON']._serialized_start=1063
+  _globals['_METRICCOMPARISON']._serialized_end=1329
+  _globals['_COMPARERESPONSE']._serialized_start=1332
+  _globals['_COMPARERESPONSE']._serialized_end=1491
+  _globals['_LISTSUITESREQUEST']._serialized_start=1493
+  _globals['_LISTSUITESREQUEST']._serialized_end=1512
+  _globals['_SUITE']._serialized_start=1514
+  _globals['_SUITE']._serialized_end=1570
+  _globals['_LISTSUITESRESPONSE']._serialized_start=1572
+  _globals['_LISTSUITESRESPONSE']._serialized_end=1639
+  _globals['_BENCHMARKSERVICE']._serialized_start=1642
+  _globals['_BENCHMARKSERVICE']._serialized_end=2143
 # @@protoc_insertion_point(module_scope)

@@ -105,7 +105,9 @@ class RunBenchmarkRequest(_message.Message):
     def load(self) -> Global___LoadSettings: ...
     @_builtins.property
     def options(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Suite options, e.g. "k" = "10"."""
+        """Suite options, e.g. "k" = "1,5,10", "batch_size" = "32", "split" = "dev", "limit" = "500";
+        for "load", "input" = "text" or "image" (default: from the worker's model metadata).
+        """
 
     def __init__(
         self,
@@ -169,15 +171,19 @@ class GetRunRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
+    WITHOUT_SAMPLES_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    without_samples: _builtins.bool
+    """Leave out metric samples (they can be large)."""
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
+        without_samples: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "without_samples", b"without_samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -245,12 +251,15 @@ class CompareRequest(_message.Message):
     CANDIDATE_RUN_ID_FIELD_NUMBER: _builtins.int
     RESAMPLES_FIELD_NUMBER: _builtins.int
     EXPORT_FORMAT_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
     baseline_run_id: _builtins.str
     candidate_run_id: _builtins.str
     resamples: _builtins.int
     """Bootstrap resamples; 0 = default."""
     export_format: _builtins.str
     """"json", "csv" or "markdown"; empty = none."""
+    seed: _builtins.int
+    """Seed of the bootstrap RNG; 0 = default. The same runs and seed give the same intervals."""
     def __init__(
         self,
         *,
@@ -258,10 +267,11 @@ class CompareRequest(_message.Message):
         candidate_run_id: _builtins.str = ...,
         resamples: _builtins.int = ...,
         export_format: _builtins.str = ...,
+        seed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_run_id", b"baseline_run_id", "candidate_run_id", b"candidate_run_id", "export_format", b"export_format", "resamples", b"resamples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_run_id", b"baseline_run_id", "candidate_run_id", b"candidate_run_id", "export_format", b"export_format", "resamples", b"resamples", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -280,16 +290,29 @@ class MetricComparison(_message.Message):
     CI_HIGH_FIELD_NUMBER: _builtins.int
     HIGHER_IS_BETTER_FIELD_NUMBER: _builtins.int
     WINNER_FIELD_NUMBER: _builtins.int
+    HAS_INTERVAL_FIELD_NUMBER: _builtins.int
+    PAIRED_FIELD_NUMBER: _builtins.int
+    BASELINE_SAMPLES_FIELD_NUMBER: _builtins.int
+    CANDIDATE_SAMPLES_FIELD_NUMBER: _builtins.int
     metric: _builtins.str
     unit: _builtins.str
     baseline: _builtins.float
     candidate: _builtins.float
     delta: _builtins.float
+    """candidate - baseline."""
     ci_low: _builtins.float
+    """95% bootstrap interval of the delta; only meaningful when has_interval."""
     ci_high: _builtins.float
     higher_is_better: _builtins.bool
     winner: _builtins.str
-    """"baseline", "candidate" or "tie" (the interval contains 0)."""
+    """"baseline", "candidate" or "tie" (the interval contains 0). Without an interval (a metric
+    with no samples, e.g. throughput), decided by the sign of the delta.
+    """
+    has_interval: _builtins.bool
+    paired: _builtins.bool
+    """Resampled per query (same suite, same queries) rather than each run on its own."""
+    baseline_samples: _builtins.int
+    candidate_samples: _builtins.int
     def __init__(
         self,
         *,
@@ -302,10 +325,14 @@ class MetricComparison(_message.Message):
         ci_high: _builtins.float = ...,
         higher_is_better: _builtins.bool = ...,
         winner: _builtins.str = ...,
+        has_interval: _builtins.bool = ...,
+        paired: _builtins.bool = ...,
+        baseline_samples: _builtins.int = ...,
+        candidate_samples: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "candidate", b"candidate", "ci_high", b"ci_high", "ci_low", b"ci_low", "delta", b"delta", "higher_is_better", b"higher_is_better", "metric", b"metric", "unit", b"unit", "winner", b"winner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "baseline_samples", b"baseline_samples", "candidate", b"candidate", "candidate_samples", b"candidate_samples", "ci_high", b"ci_high", "ci_low", b"ci_low", "delta", b"delta", "has_interval", b"has_interval", "higher_is_better", b"higher_is_better", "metric", b"metric", "paired", b"paired", "unit", b"unit", "winner", b"winner"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -323,6 +350,9 @@ class CompareResponse(_message.Message):
     baseline_run_id: _builtins.str
     candidate_run_id: _builtins.str
     winner: _builtins.str
+    """The side that wins at least one metric and loses none; "tie" when neither wins any;
+    "mixed" when each wins some.
+    """
     export: _builtins.str
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricComparison]: ...

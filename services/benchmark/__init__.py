@@ -1,1 +1,1 @@
-"""benchmark"""
+"""Benchmark service: quality suites, load measurement and comparisons of model versions."""

@@ -1,0 +1,60 @@
+"""The benchmark gRPC server: runner, store and servicer wired onto the shared server bootstrap."""
+
+from __future__ import annotations
+
+from grpc import aio
+
+from modelyard.api import benchmark_pb2, benchmark_pb2_grpc
+from modelyard.benchmark.oip import OipClient
+from modelyard.benchmark.registry_store import RegistryRunStore
+from modelyard.benchmark.runner import BenchmarkRunner, WorkerClient
+from modelyard.benchmark.servicer import BenchmarkServicer
+from modelyard.benchmark.settings import BenchmarkSettings
+from modelyard.benchmark.store import InMemoryRunStore, RunStore
+from modelyard.common.channel import open_channel
+from modelyard.common.server import GrpcServer
+from modelyard.common.settings import ClientSettings
+
+SERVICE_NAME = benchmark_pb2.DESCRIPTOR.services_by_name["BenchmarkService"].full_name
+# RunBenchmark writes runs into the performance store, so it needs an admin token.
+WRITE_METHODS = ("RunBenchmark",)
+
+
+class BenchmarkServer:
+    def __init__(self, settings: BenchmarkSettings, *, client: ClientSettings | None = None) -> None:
+        self.settings = settings
+        self.client = client or ClientSettings(timeout_s=settings.worker_timeout_s)
+        self._registry_channel: aio.Channel | None = None
+        store: RunStore
+        if settings.registry:
+            self._registry_channel = open_channel(settings.registry, self.client)
+            store = RegistryRunStore(self._registry_channel, timeout_s=settings.registry_timeout_s)
+        else:
+            store = InMemoryRunStore()
+        self.runner = BenchmarkRunner(store, self._connect)
+        servicer = BenchmarkServicer(self.runner, store)
+        self.grpc = GrpcServer(
+            settings,
+            component="benchmark",
+            service_names=[SERVICE_NAME],
+            register=lambda server: benchmark_pb2_grpc.add_BenchmarkServiceServicer_to_server(
+                servicer, server
+            ),
+            write_methods=WRITE_METHODS,
+        )
+
+    def _connect(self, address: str, deployment: str) -> WorkerClient:
+        return OipClient(address, deployment, settings=self.client)
+
+    @property
+    def address(self) -> str:
+        return self.grpc.address
+
+    async def start(self) -> None:
+        await self.grpc.start()
+        await self.grpc.set_serving(True)
+
+    async def stop(self) -> None:
+        await self.grpc.stop()
+        if self._registry_channel is not None:
+            await self._registry_channel.close(None)
