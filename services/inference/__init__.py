@@ -1,1 +1,1 @@
-"""inference"""
+"""Inference worker: OIP v2 gRPC serving, per-version batching, registry-driven hot swap."""

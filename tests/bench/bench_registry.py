@@ -135,12 +135,18 @@ async def main() -> None:
 
             async def change_routes() -> None:
                 i = next(flips)
-                await sa.SetRoutes(pb.SetRoutesRequest(name="text", routes=routes_pb({"1.0.0": 100 - i % 2, "1.1.0": i % 2})))
+                await sa.SetRoutes(
+                    pb.SetRoutesRequest(name="text", routes=routes_pb({"1.0.0": 100 - i % 2, "1.1.0": i % 2}))
+                )
 
             routes = await timed(change_routes, 200)
             reads = {
-                "GetVersion": await timed(lambda: sa.GetVersion(pb.GetVersionRequest(model_id="minilm", version="2.57.3")), READS),
-                "GetDeployment": await timed(lambda: sa.GetDeployment(pb.GetDeploymentRequest(name="text")), READS),
+                "GetVersion": await timed(
+                    lambda: sa.GetVersion(pb.GetVersionRequest(model_id="minilm", version="2.57.3")), READS
+                ),
+                "GetDeployment": await timed(
+                    lambda: sa.GetDeployment(pb.GetDeploymentRequest(name="text")), READS
+                ),
                 "ListVersions (model, page of 50)": await timed(
                     lambda: sa.ListVersions(pb.ListVersionsRequest(model_id="minilm", page_size=50)), READS
                 ),

@@ -53,8 +53,14 @@ async def test_change_through_one_replica_reaches_watcher_on_the_other(database_
             # Missed changes while disconnected arrive on resume, each once, in order.
             missed = []
             for i in range(6, 11):
-                missed.append((await sa.SetRoutes(pb.SetRoutesRequest(name="text", routes=routes_pb(_flip(i))))).revision)
-            resumed = sb.WatchDeployments(pb.WatchDeploymentsRequest(deployments=["text"], since_revision=last))
+                missed.append(
+                    (
+                        await sa.SetRoutes(pb.SetRoutesRequest(name="text", routes=routes_pb(_flip(i))))
+                    ).revision
+                )
+            resumed = sb.WatchDeployments(
+                pb.WatchDeploymentsRequest(deployments=["text"], since_revision=last)
+            )
             got = [await asyncio.wait_for(resumed.read(), 5) for _ in missed]
             assert [e.revision for e in got] == missed
             assert all(e.kind == UPSERTED for e in got)
@@ -73,7 +79,9 @@ async def _resilient_watch(address: str, seen: list[int], stop: asyncio.Event) -
     async with open_channel(address) as channel:
         stub = Stub(channel)
         while not stop.is_set():
-            stream = stub.WatchDeployments(pb.WatchDeploymentsRequest(since_revision=last), wait_for_ready=True)
+            stream = stub.WatchDeployments(
+                pb.WatchDeploymentsRequest(since_revision=last), wait_for_ready=True
+            )
             try:
                 async for event in stream:
                     if event.kind != SNAPSHOT:

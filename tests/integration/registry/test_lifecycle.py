@@ -33,7 +33,9 @@ async def test_promotion_gates_use_stored_metrics_and_switch_followers(stub: Stu
     )
     assert {r.version: r.weight for r in following.routes} == {"1.0.0": 100}
 
-    gate = pb.SetAliasRequest(model_id="minilm", alias="production", version="1.1.0", gates=["recall@10 >= 0.80"])
+    gate = pb.SetAliasRequest(
+        model_id="minilm", alias="production", version="1.1.0", gates=["recall@10 >= 0.80"]
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.SetAlias(gate)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -41,7 +43,9 @@ async def test_promotion_gates_use_stored_metrics_and_switch_followers(stub: Stu
 
     await stub.RecordBenchmarkRun(pb.RecordBenchmarkRunRequest(run=_run("r1", "1.1.0", 0.75)))
     # A failed run's metrics never count.
-    await stub.RecordBenchmarkRun(pb.RecordBenchmarkRunRequest(run=_run("r2", "1.1.0", 0.99, pb.RUN_STATUS_FAILED)))
+    await stub.RecordBenchmarkRun(
+        pb.RecordBenchmarkRunRequest(run=_run("r2", "1.1.0", 0.99, pb.RUN_STATUS_FAILED))
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.SetAlias(gate)
     assert "recall@10 = 0.75 fails `recall@10 >= 0.80`" in err.value.details()
@@ -70,9 +74,13 @@ async def test_rollback_returns_to_previous_routes(stub: Stub) -> None:
     await stub.SetRoutes(pb.SetRoutesRequest(name="text", routes=routes_pb({"1.1.0": 100, "1.0.0": 0})))
     back = await stub.RollbackDeployment(pb.RollbackDeploymentRequest(name="text"))
     assert {r.version: r.weight for r in back.routes} == {"1.0.0": 90, "1.1.0": 10}
-    to_first = await stub.RollbackDeployment(pb.RollbackDeploymentRequest(name="text", to_revision=first.revision))
+    to_first = await stub.RollbackDeployment(
+        pb.RollbackDeploymentRequest(name="text", to_revision=first.revision)
+    )
     assert {r.version: r.weight for r in to_first.routes} == {"1.0.0": 100}
-    history = await stub.ListAuditEvents(pb.ListAuditEventsRequest(entity_type="deployment", entity_id="text"))
+    history = await stub.ListAuditEvents(
+        pb.ListAuditEventsRequest(entity_type="deployment", entity_id="text")
+    )
     assert [e.action for e in history.events] == [
         "deployment.rollback", "deployment.rollback", "routes.set", "routes.set", "deployment.create",
     ]  # fmt: skip
@@ -117,7 +125,9 @@ async def test_search_filters_and_pages(stub: Stub) -> None:
     await register(stub, "0.1.0", model_id="other")
     seen, token = [], ""
     while True:
-        page = await stub.ListVersions(pb.ListVersionsRequest(model_id="minilm", page_size=3, page_token=token))
+        page = await stub.ListVersions(
+            pb.ListVersionsRequest(model_id="minilm", page_size=3, page_token=token)
+        )
         seen += [v.version for v in page.versions]
         token = page.next_page_token
         if not token:
@@ -131,14 +141,21 @@ async def test_search_filters_and_pages(stub: Stub) -> None:
     assert [v.model_id for v in found.versions] == ["other"]
 
 
-async def test_archive_refuses_routed_versions_and_audit_is_append_only(stub: Stub, database_url: str) -> None:
+async def test_archive_refuses_routed_versions_and_audit_is_append_only(
+    stub: Stub, database_url: str
+) -> None:
     await register(stub, "1.0.0")
     await register(stub, "1.1.0")
     await deploy(stub, "text", {"1.0.0": 100})
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ArchiveVersion(pb.ArchiveVersionRequest(model_id="minilm", version="1.0.0"))
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "routed by deployment text" in err.value.details()
-    archived = await stub.ArchiveVersion(pb.ArchiveVersionRequest(model_id="minilm", version="1.1.0", reason="old"))
+    assert (
+        err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        and "routed by deployment text" in err.value.details()
+    )
+    archived = await stub.ArchiveVersion(
+        pb.ArchiveVersionRequest(model_id="minilm", version="1.1.0", reason="old")
+    )
     assert archived.status == pb.VERSION_STATUS_ARCHIVED
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.SetRoutes(pb.SetRoutesRequest(name="text", routes=routes_pb({"1.1.0": 100})))
@@ -164,7 +181,9 @@ async def test_export_then_import_into_an_empty_registry(stub: Stub, registry, p
     admin = await asyncpg.connect(postgres.url())
     await admin.execute("CREATE DATABASE import_target TEMPLATE modelyard_template")
     await admin.close()
-    target = RegistryServer(RegistrySettings(database_url=postgres.url("import_target"), port=0, metrics_port=None))
+    target = RegistryServer(
+        RegistrySettings(database_url=postgres.url("import_target"), port=0, metrics_port=None)
+    )
     await target.start()
     try:
         async with open_channel(target.address) as channel:
@@ -175,8 +194,9 @@ async def test_export_then_import_into_an_empty_registry(stub: Stub, registry, p
             )  # fmt: skip
             again = await other.ImportRegistry(pb.ImportRegistryRequest(json=exported))
             assert again.unchanged == 6 and again.versions == 0
-            assert json.loads((await other.ExportRegistry(pb.ExportRegistryRequest())).json)["versions"] == (
-                json.loads(exported)["versions"]
+            assert (
+                json.loads((await other.ExportRegistry(pb.ExportRegistryRequest())).json)["versions"]
+                == (json.loads(exported)["versions"])
             )
             dep = await other.GetDeployment(pb.GetDeploymentRequest(name="text"))
             assert {r.version: r.weight for r in dep.routes} == {"1.0.0": 90, "1.1.0": 10}

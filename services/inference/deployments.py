@@ -1,0 +1,267 @@
+"""Applies deployment specs to the routing table: load new versions before unloading old ones,
+switch routes atomically, drain and unload what left, and remember what happened for heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from modelyard.common.log import event
+from modelyard.inference import metrics
+from modelyard.inference.artifacts import ArtifactCache
+from modelyard.inference.domain import DeploymentSpec, VersionSpec
+from modelyard.inference.loaders import ModelRuntime, create_runtime
+from modelyard.inference.routing import DeploymentRoutes, LoadedVersion, RoutingTable
+
+log = logging.getLogger("modelyard.inference.deployments")
+
+LOADING, SERVING, DRAINING, FAILED = "LOADING", "SERVING", "DRAINING", "FAILED"
+
+
+@dataclass
+class VersionStatus:
+    state: str
+    checkpoint_hash: str
+    device: str = ""
+    last_error: str = ""
+
+
+@dataclass
+class DeploymentStatus:
+    revision: int = 0
+    versions: dict[str, VersionStatus] = field(default_factory=dict)
+
+
+class DeploymentApplier:
+    """Owns every loaded version; one apply at a time per deployment, always the newest spec."""
+
+    def __init__(
+        self,
+        table: RoutingTable,
+        cache: ArtifactCache,
+        load_executor: Executor,
+        *,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.table = table
+        self.cache = cache
+        self._load_executor = load_executor
+        self._on_change = on_change or (lambda: None)
+        self.status: dict[str, DeploymentStatus] = {}
+        self.last_error = ""
+        self._desired: dict[str, DeploymentSpec | None] = {}
+        self._appliers: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._idle: dict[str, asyncio.Event] = {}
+
+    # --- requests -------------------------------------------------------------------------------
+    def submit(self, spec: DeploymentSpec) -> None:
+        """Make `spec` the wanted state of its deployment; applied in the background."""
+        self._want(spec.name, spec)
+
+    def delete(self, name: str) -> None:
+        self._want(name, None)
+
+    def _want(self, name: str, spec: DeploymentSpec | None) -> None:
+        self._desired[name] = spec
+        self._idle.setdefault(name, asyncio.Event()).clear()
+        task = self._appliers.get(name)
+        if task is None or task.done():
+            self._appliers[name] = asyncio.create_task(self._run(name), name=f"apply:{name}")
+
+    async def settled(self, name: str) -> None:
+        """Wait until every submitted spec of `name` has been applied (or refused)."""
+        await self._idle.setdefault(name, asyncio.Event()).wait()
+
+    async def _run(self, name: str) -> None:
+        while name in self._desired:
+            spec = self._desired.pop(name)
+            try:
+                if spec is None:
+                    await self._remove(name)
+                else:
+                    await self._apply(spec)
+            except Exception as exc:  # keep serving whatever was there; report it
+                log.exception("deployment.apply_failed", extra={"fields": {"deployment": name}})
+                self.last_error = f"{name}: {exc}"
+            self._on_change()
+        self._idle[name].set()
+
+    # --- applying -------------------------------------------------------------------------------
+    async def _apply(self, spec: DeploymentSpec) -> None:
+        current = self.table.find(spec.name)
+        current_versions = dict(current.versions) if current else {}
+        status = self.status.setdefault(spec.name, DeploymentStatus())
+        loaded: dict[str, LoadedVersion] = {}
+        failures: dict[str, str] = {}
+        fresh: list[LoadedVersion] = []
+        for name, _weight in spec.routes:
+            vspec = spec.version(name)
+            if vspec is None:
+                failures[name] = "the registry sent no details for this version"
+                continue
+            existing = current_versions.get(name)
+            if existing is not None and existing.spec == vspec:
+                loaded[name] = existing
+                continue
+            status.versions[name] = VersionStatus(LOADING, vspec.checkpoint_hash)
+            self._on_change()
+            try:
+                version = await self._load(spec.name, vspec)
+            except Exception as exc:
+                message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+                failures[name] = message
+                status.versions[name] = VersionStatus(FAILED, vspec.checkpoint_hash, last_error=message)
+                event(
+                    log,
+                    "version.load_failed",
+                    level=logging.WARNING,
+                    deployment=spec.name,
+                    version=name,
+                    error=message,
+                )
+                continue
+            loaded[name] = version
+            fresh.append(version)
+
+        weighted_failures = [n for n, w in spec.routes if w > 0 and n in failures]
+        if weighted_failures:
+            # Keep what serves now; the new routes are refused whole.
+            self.last_error = "; ".join(f"{spec.name}@{n}: {failures[n]}" for n in weighted_failures)
+            metrics.SWAPS.labels(spec.name, spec.model_id, "failure").inc()
+            for version in fresh:
+                status.versions.pop(version.version, None)
+                self._retire(spec.name, version)
+            event(log, "routes.refused", deployment=spec.name, revision=spec.revision, error=self.last_error)
+            return
+
+        routes = DeploymentRoutes(
+            deployment=spec.name,
+            model_id=spec.model_id,
+            versions=loaded,
+            weights={n: w for n, w in spec.routes if n in loaded},
+            revision=spec.revision,
+        )
+        previous = self.table.swap(routes)
+        metrics.SWAPS.labels(spec.name, spec.model_id, "success").inc()
+        metrics.APPLIED_REVISION.labels(spec.name).set(spec.revision)
+        status.revision = spec.revision
+        for name, version in loaded.items():
+            status.versions[name] = VersionStatus(SERVING, version.spec.checkpoint_hash, version.device)
+        for name in [n for n, v in status.versions.items() if v.state == FAILED and n not in failures]:
+            del status.versions[name]  # refused earlier, no longer wanted
+        if not failures:
+            self.last_error = ""
+        self._publish_weights(spec.name, previous, routes)
+        event(
+            log,
+            "routes.applied",
+            deployment=spec.name,
+            revision=spec.revision,
+            routes=",".join(f"{n}={w}" for n, w in spec.routes if n in loaded),
+        )
+        if previous is not None:
+            for name, version in previous.versions.items():
+                if loaded.get(name) is not version:
+                    self._retire(spec.name, version)
+
+    async def _remove(self, name: str) -> None:
+        previous = self.table.remove(name)
+        if previous is not None:
+            self._publish_weights(name, previous, None)
+            for version in previous.versions.values():
+                self._retire(name, version)
+        with contextlib.suppress(KeyError):
+            metrics.APPLIED_REVISION.remove(name)
+        self.status.pop(name, None)
+        event(log, "deployment.removed", deployment=name)
+
+    async def _load(self, deployment: str, spec: VersionSpec) -> LoadedVersion:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        runtime = await loop.run_in_executor(self._load_executor, self._load_blocking, spec)
+        seconds = time.perf_counter() - started
+        labels = (deployment, spec.model_id, spec.version)
+        metrics.MODEL_LOAD_SECONDS.labels(*labels).observe(seconds)
+        metrics.MODEL_LOADED.labels(*labels, spec.checkpoint_hash).set(1)
+        event(
+            log,
+            "version.loaded",
+            deployment=deployment,
+            version=spec.version,
+            device=runtime.device,
+            seconds=round(seconds, 3),
+        )
+        return LoadedVersion(spec, runtime, device=runtime.device)
+
+    def _load_blocking(self, spec: VersionSpec) -> ModelRuntime:
+        path = self.cache.resolve(spec.source_uri, spec.checkpoint_hash)
+        runtime = create_runtime(spec, path)
+        try:
+            runtime.load()
+            runtime.warmup()
+        except BaseException:
+            runtime.unload()
+            raise
+        return runtime
+
+    def _publish_weights(
+        self, deployment: str, previous: DeploymentRoutes | None, current: DeploymentRoutes | None
+    ) -> None:
+        if previous is not None:
+            for name, version in previous.versions.items():
+                if current is None or name not in current.versions:
+                    with contextlib.suppress(KeyError):
+                        metrics.ROUTE_WEIGHT.remove(deployment, version.spec.model_id, name)
+        if current is not None:
+            for name, version in current.versions.items():
+                metrics.ROUTE_WEIGHT.labels(deployment, version.spec.model_id, name).set(
+                    current.weights.get(name, 0)
+                )
+
+    # --- draining -------------------------------------------------------------------------------
+    def _retire(self, deployment: str, version: LoadedVersion) -> None:
+        status = self.status.get(deployment)
+        if status is not None and status.versions.get(version.version, None) is not None:
+            if status.versions[version.version].state == SERVING:
+                status.versions[version.version].state = DRAINING
+        task = asyncio.create_task(self._drain_and_unload(deployment, version), name="unload")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _drain_and_unload(self, deployment: str, version: LoadedVersion) -> None:
+        await version.drained()
+        for batcher in version.batchers.values():
+            await batcher.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._load_executor, version.runtime.unload)
+        spec = version.spec
+        metrics.MODEL_LOADED.labels(deployment, spec.model_id, spec.version, spec.checkpoint_hash).set(0)
+        status = self.status.get(deployment)
+        routes = self.table.find(deployment)
+        still_routed = routes is not None and version.version in routes.versions
+        if status is not None and not still_routed:
+            entry = status.versions.get(version.version)
+            if entry is not None and entry.state in (DRAINING, SERVING):
+                del status.versions[version.version]
+        self._on_change()
+
+    async def close(self) -> None:
+        """Cancel pending applies, then drain and unload every loaded version."""
+        for task in self._appliers.values():
+            task.cancel()
+        for task in self._appliers.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for name in self.table.deployments():
+            previous = self.table.remove(name)
+            if previous is not None:
+                for version in previous.versions.values():
+                    self._retire(name, version)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)

@@ -1,0 +1,105 @@
+"""Neutral request/response and deployment types; protobuf never goes below the converters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    embedding_dim: int = 0
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((spec for spec in self.inputs if spec.name == name), None)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    max_batch_size: int = 32
+    max_delay_ms: int = 2
+    device: str = "auto"
+    dtype: str = "float32"
+    max_sequence_length: int = 0
+    quantization: str = ""
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    """One model version as the registry describes it."""
+
+    model_id: str
+    version: str
+    source_uri: str
+    checkpoint_hash: str
+    loader: str
+    config: InferenceConfig = field(default_factory=InferenceConfig)
+    signature: ModelSignature | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        # A version is immutable in the registry; the hash guards against a re-registered name.
+        return (self.model_id, self.version, self.checkpoint_hash)
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """What a deployment should serve: versions with weights (0 = staged)."""
+
+    name: str
+    model_id: str
+    routes: tuple[tuple[str, int], ...]
+    versions: tuple[VersionSpec, ...]
+    revision: int = 0
+
+    def version(self, name: str) -> VersionSpec | None:
+        return next((v for v in self.versions if v.version == name), None)
+
+
+@dataclass
+class InputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    # BYTES -> list[bytes]; numeric -> flat np.ndarray
+    data: list[bytes] | np.ndarray
+
+
+@dataclass
+class OutputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[bytes] | np.ndarray
+
+
+@dataclass
+class InferenceRequest:
+    deployment: str
+    version: str
+    id: str
+    inputs: list[InputTensor]
+    requested_outputs: list[str] = field(default_factory=list)
+    raw: bool = False
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InferenceResponse:
+    deployment: str
+    version: str
+    id: str
+    outputs: list[OutputTensor]
+    raw: bool = False

@@ -1,0 +1,91 @@
+"""`hf-captioning` loader: image -> caption with BLIP or any VisionEncoderDecoder model."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+from modelyard.inference.domain import ModelSignature, TensorSpec
+from modelyard.inference.errors import BadInput
+from modelyard.inference.loaders.base import (
+    ModelRuntime,
+    Outputs,
+    apply_precision,
+    decode_images,
+    register_loader,
+    resolve_device,
+)
+from modelyard.inference.loaders.open_clip import sample_png
+
+
+@register_loader
+class CaptioningRuntime(ModelRuntime):
+    loader_name: ClassVar[str] = "hf-captioning"
+
+    model: Any = None
+    image_processor: Any = None
+    tokenizer: Any = None
+    max_new_tokens = 20
+
+    def load(self) -> None:
+        import torch
+        from transformers import AutoImageProcessor, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.device = resolve_device(self.spec.config.device)
+        config = json.loads((self.path / "config.json").read_text())
+        kind = config.get("model_type", "")
+        trust = self.spec.config.trust_remote_code
+        common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust}
+        model: Any
+        if kind == "blip":
+            from transformers import BlipForConditionalGeneration
+
+            model = BlipForConditionalGeneration.from_pretrained(self.path, **common)
+        elif kind == "vision-encoder-decoder":
+            from transformers import VisionEncoderDecoderModel
+
+            model = VisionEncoderDecoderModel.from_pretrained(self.path, **common)
+        else:
+            raise BadInput(
+                f"hf-captioning loads BLIP or VisionEncoderDecoder checkpoints; config.json says {kind!r}"
+            )
+        self.image_processor = AutoImageProcessor.from_pretrained(self.path, **common)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, **common)
+        model.eval().to(self.device)
+        with torch.inference_mode():
+            self.model = apply_precision(model, self.spec, self.device)
+        self.dtype = next(p for p in self.model.parameters() if p.is_floating_point()).dtype
+        if self.spec.config.max_sequence_length > 0:
+            self.max_new_tokens = self.spec.config.max_sequence_length
+
+    def signature(self) -> ModelSignature:
+        return ModelSignature(
+            inputs=(TensorSpec("image", "BYTES", (-1,)),),
+            outputs=(TensorSpec("caption", "BYTES", (-1,)),),
+        )
+
+    def prepare(self, input_name: str, items: list[bytes]) -> list[Any]:
+        if input_name != "image":
+            raise BadInput(f"input {input_name!r} is not accepted; this model takes `image` BYTES [N]")
+        return decode_images(items, input_name)
+
+    def predict(self, input_name: str, items: list[Any]) -> Outputs:
+        import torch
+
+        pixels = self.image_processor(images=items, return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            tokens = self.model.generate(
+                pixel_values=pixels.to(self.device, dtype=self.dtype),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+            )
+        captions = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        return {"caption": [caption.strip().encode("utf-8") for caption in captions]}
+
+    def warmup_items(self) -> dict[str, list[bytes]]:
+        return {"image": [sample_png()]}
+
+    def _release(self) -> None:
+        self.model = self.image_processor = self.tokenizer = None

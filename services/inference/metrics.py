@@ -1,0 +1,53 @@
+"""Per-version Prometheus metrics of the worker (names and labels as DESIGN.md requires)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+VERSION_LABELS = ["deployment", "model", "version"]
+
+REQUEST_DURATION = Histogram(
+    "modelyard_request_duration_seconds",
+    "ModelInfer duration inside the worker, per served version and outcome.",
+    [*VERSION_LABELS, "outcome"],
+    buckets=_LATENCY_BUCKETS,
+)
+QUEUE_DURATION = Histogram(
+    "modelyard_queue_duration_seconds",
+    "Time a request waited in its version's batch queue before its forward pass started.",
+    VERSION_LABELS,
+    buckets=_LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "modelyard_batch_size",
+    "Items per forward pass.",
+    VERSION_LABELS,
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+MODEL_LOADED = Gauge(
+    "modelyard_model_loaded",
+    "1 while the version is loaded on this worker, 0 after it was unloaded.",
+    [*VERSION_LABELS, "checkpoint"],
+)
+MODEL_LOAD_SECONDS = Histogram(
+    "modelyard_model_load_seconds",
+    "Fetch, verify, load and warm-up time of a version.",
+    VERSION_LABELS,
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+SWAPS = Counter(
+    "modelyard_swaps_total",
+    "Routing changes applied (outcome=success) or refused because a version failed (outcome=failure).",
+    ["deployment", "model", "outcome"],
+)
+ROUTE_WEIGHT = Gauge(
+    "modelyard_route_weight",
+    "Traffic weight of each version in this worker's current routing table (0 = staged).",
+    VERSION_LABELS,
+)
+APPLIED_REVISION = Gauge(
+    "modelyard_worker_applied_revision",
+    "Registry revision of the deployment this worker last applied.",
+    ["deployment"],
+)

@@ -1,0 +1,76 @@
+"""The three model families on tiny models: load, warm up, signature, predict, unload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from worker_support import png, version_spec
+
+from modelyard.inference.errors import BadInput, UnknownLoader
+from modelyard.inference.loaders import create_runtime, loader_names
+
+
+def test_every_family_is_registered_by_name() -> None:
+    assert {"sentence-transformers", "open-clip", "hf-captioning"} <= set(loader_names())
+    with pytest.raises(UnknownLoader, match="names loader 'onnx'"):
+        create_runtime(version_spec(Path("/x"), "1", loader="onnx", checkpoint="0" * 64), Path("/x"))
+
+
+def test_sentence_transformers_matches_the_library_and_quantizes(tiny_st: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["the cat sat on the mat", "hello world", "a quick brown fox jumps over the lazy dog"]
+    runtime = create_runtime(version_spec(tiny_st, "1"), tiny_st)
+    runtime.load()
+    runtime.warmup()
+    signature = runtime.signature()
+    assert signature.embedding_dim == 32 and signature.outputs[0].shape == (-1, 32)
+    served = runtime.predict("text", runtime.prepare("text", [t.encode() for t in texts]))["embedding"]
+    reference = SentenceTransformer(str(tiny_st), device="cpu").encode(texts)
+    np.testing.assert_allclose(served, reference, atol=1e-5)
+    with pytest.raises(BadInput, match="UTF-8"):
+        runtime.prepare("text", [b"\xff\xfe"])
+    runtime.unload()
+    assert runtime.model is None
+
+    quantized = create_runtime(version_spec(tiny_st, "1-int8", quantization="int8-dynamic"), tiny_st)
+    quantized.load()
+    q = quantized.predict("text", quantized.prepare("text", [t.encode() for t in texts]))["embedding"]
+    assert q.shape == reference.shape
+    assert not np.allclose(q, reference, atol=1e-6)  # really quantized
+    assert np.all(np.sum(q * reference, axis=1) > 0.9)  # still the same model
+    quantized.unload()
+
+
+def test_open_clip_embeds_images_and_texts_in_one_space(tiny_clip: Path) -> None:
+    runtime = create_runtime(version_spec(tiny_clip, "1", loader="open-clip"), tiny_clip)
+    runtime.load()
+    runtime.warmup()
+    assert {s.name for s in runtime.signature().inputs} == {"image", "text"}
+    images = runtime.predict("image", runtime.prepare("image", [png((255, 0, 0)), png((0, 0, 255))]))
+    texts = runtime.predict("text", runtime.prepare("text", [b"a red square"]))
+    assert images["embedding"].shape == (2, 16) and texts["embedding"].shape == (1, 16)
+    np.testing.assert_allclose(np.linalg.norm(images["embedding"], axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(images["embedding"][0], images["embedding"][1])
+    with pytest.raises(BadInput, match="not a decodable image"):
+        runtime.prepare("image", [b"definitely not a png"])
+    runtime.unload()
+
+
+@pytest.mark.parametrize("kind", ["vision-encoder-decoder", "blip"])
+def test_captioning_returns_one_caption_per_image(tmp_path: Path, kind: str) -> None:
+    from modelyard.inference.tiny_models import build_tiny_captioner
+
+    path = build_tiny_captioner(tmp_path / kind, kind=kind)
+    runtime = create_runtime(version_spec(path, "1", loader="hf-captioning", max_sequence_length=5), path)
+    runtime.load()
+    runtime.warmup()
+    assert [s.name for s in runtime.signature().outputs] == ["caption"]
+    captions = runtime.predict("image", runtime.prepare("image", [png(), png((0, 0, 0)), png()]))["caption"]
+    assert len(captions) == 3 and all(isinstance(c, bytes) for c in captions)
+    assert captions[0] == captions[2]  # greedy decoding is deterministic per image
+    with pytest.raises(BadInput):
+        runtime.prepare("text", [b"x"])
+    runtime.unload()
