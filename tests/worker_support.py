@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import io
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import grpc
+from support import ServerProcess
+
 from modelyard.api import grpc_predict_v2_pb2 as oip
+from modelyard.api import grpc_predict_v2_pb2_grpc as oip_grpc
 from modelyard.api import registry_pb2 as rpb
 from modelyard.inference.artifacts import checkpoint_hash
 from modelyard.inference.domain import DeploymentSpec, InferenceConfig, VersionSpec
+
+# spawn_worker(static=..., registry=..., deployments=..., extra=..., env=...) -> a running worker process
+WorkerFactory = Callable[..., ServerProcess]
 
 
 def png(color: tuple[int, int, int] = (10, 200, 30), size: int = 24) -> bytes:
@@ -88,3 +97,14 @@ def text_request(deployment: str, texts: list[str], version: str = "") -> oip.Mo
     tensor = request.inputs.add(name="text", datatype="BYTES", shape=[len(texts)])
     tensor.contents.bytes_contents.extend(t.encode() for t in texts)
     return request
+
+
+def wait_model_ready(address: str, deployment: str, version: str = "", timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        while time.monotonic() < deadline:
+            if stub.ModelReady(oip.ModelReadyRequest(name=deployment, version=version)).ready:
+                return
+            time.sleep(0.1)
+    raise TimeoutError(f"{deployment}:{version or '*'} not ready on {address} after {timeout}s")

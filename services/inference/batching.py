@@ -108,6 +108,11 @@ class DynamicBatcher:
                 self._on_batch(len(items))
             try:
                 outputs = await loop.run_in_executor(self._executor, self._run_batch, items)
+            except asyncio.CancelledError:
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(RuntimeError("batcher closed during the forward pass"))
+                raise
             except Exception as exc:
                 for p in batch:
                     if not p.future.done():

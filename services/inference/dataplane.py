@@ -20,7 +20,7 @@ from modelyard.inference.domain import (
     OutputTensor,
     TensorSpec,
 )
-from modelyard.inference.errors import BadInput
+from modelyard.inference.errors import BadInput, NotReady
 from modelyard.inference.routing import LoadedVersion, RoutingTable
 
 # Below this many input bytes, cheap decoding (UTF-8) costs less than a hop to the executor.
@@ -58,6 +58,8 @@ class DataPlane:
 
     def model_metadata(self, deployment: str, version: str = "") -> ModelMetadata:
         routes = self.table.get(deployment)
+        if not routes.versions:
+            raise NotReady(f"deployment {deployment!r} has no version loaded yet")
         loaded = routes.choose(version) if version else _representative(routes.versions, routes.weights)
         signature = loaded.runtime.signature()
         return ModelMetadata(

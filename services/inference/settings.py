@@ -35,6 +35,11 @@ class WorkerSettings(ServerSettings):
         "help when several deployments must run forward passes at the same time.",
     )
     decode_threads: int = Field(2, description="Threads decoding inputs (images) before batching.")
+    preimport: bool = Field(
+        True,
+        description="Import every model family's libraries at start and freeze them out of the cyclic GC, "
+        "so unloading a model never stalls serving in a long collection.",
+    )
     heartbeat_interval_s: float = Field(
         2.0, description="Heartbeat period until the registry answers with its own."
     )

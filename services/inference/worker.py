@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from modelyard.inference.artifacts import ArtifactCache
 from modelyard.inference.converters import deployment_from_registry
 from modelyard.inference.dataplane import DataPlane
 from modelyard.inference.deployments import DeploymentApplier
+from modelyard.inference.loaders import preimport_all
 from modelyard.inference.registry_sync import RegistrySync
 from modelyard.inference.routing import RoutingTable
 from modelyard.inference.servicer import SERVICE_NAME, InferenceServicer
@@ -79,6 +81,10 @@ class InferenceWorker:
     async def start(self) -> None:
         await self.server.set_serving(False)
         await self.server.start()
+        if self.settings.preimport:
+            started = time.perf_counter()
+            await asyncio.get_running_loop().run_in_executor(self._load_pool, preimport_all)
+            event(log, "worker.preimported", seconds=round(time.perf_counter() - started, 2))
         if self.settings.static_deployments:
             for spec in load_static_deployments(self.settings.static_deployments):
                 self.applier.submit(spec)

@@ -63,6 +63,7 @@ class Process:
                 match = STARTED.search(line)
                 if match and not self.address:
                     self.address = match.group(1)
+                    self.metrics_port = match.group(2)
                     ready.set()
             ready.set()
 

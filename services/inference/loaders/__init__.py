@@ -7,6 +7,12 @@ import modelyard.inference.torchvision_compat  # noqa: F401  isort: skip
 from modelyard.inference.loaders import hf_captioning as _hf_captioning  # noqa: F401
 from modelyard.inference.loaders import open_clip as _open_clip  # noqa: F401
 from modelyard.inference.loaders import sentence_transformers as _sentence_transformers  # noqa: F401
-from modelyard.inference.loaders.base import ModelRuntime, create_runtime, loader_names, register_loader
+from modelyard.inference.loaders.base import (
+    ModelRuntime,
+    create_runtime,
+    loader_names,
+    preimport_all,
+    register_loader,
+)
 
-__all__ = ["ModelRuntime", "create_runtime", "loader_names", "register_loader"]
+__all__ = ["ModelRuntime", "create_runtime", "loader_names", "preimport_all", "register_loader"]

@@ -27,6 +27,15 @@ class CaptioningRuntime(ModelRuntime):
     tokenizer: Any = None
     max_new_tokens = 20
 
+    @classmethod
+    def preimport(cls) -> None:
+        from transformers import (  # noqa: F401
+            AutoImageProcessor,
+            AutoTokenizer,
+            BlipForConditionalGeneration,
+            VisionEncoderDecoderModel,
+        )
+
     def load(self) -> None:
         import torch
         from transformers import AutoImageProcessor, AutoTokenizer

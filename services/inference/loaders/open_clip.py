@@ -27,6 +27,10 @@ class OpenClipRuntime(ModelRuntime):
     preprocess: Any = None
     tokenizer: Any = None
 
+    @classmethod
+    def preimport(cls) -> None:
+        import open_clip  # noqa: F401
+
     def load(self) -> None:
         import open_clip
         import torch

@@ -24,6 +24,10 @@ class SentenceTransformerRuntime(ModelRuntime):
 
     model: Any = None
 
+    @classmethod
+    def preimport(cls) -> None:
+        import sentence_transformers  # noqa: F401
+
     def load(self) -> None:
         import torch
         from sentence_transformers import SentenceTransformer

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from google.protobuf import json_format
 from support import ServerProcess
+from worker_support import WorkerFactory
 
 import modelyard.inference.torchvision_compat  # noqa: F401  (before any torchvision import)
-from modelyard.api import grpc_predict_v2_pb2 as oip
-from modelyard.api import grpc_predict_v2_pb2_grpc as oip_grpc
 from modelyard.api import registry_pb2 as rpb
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -44,9 +41,6 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "clip": build_tiny_open_clip(root / "clip"),
         "caption": build_tiny_captioner(root / "caption"),
     }
-
-
-WorkerFactory = Callable[..., ServerProcess]
 
 
 @pytest.fixture
@@ -79,14 +73,3 @@ def spawn_worker(tmp_path: Path) -> Iterator[WorkerFactory]:
     yield spawn
     for worker in started:
         worker.kill()
-
-
-def wait_model_ready(address: str, deployment: str, version: str = "", timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = oip_grpc.GRPCInferenceServiceStub(channel)
-        while time.monotonic() < deadline:
-            if stub.ModelReady(oip.ModelReadyRequest(name=deployment, version=version)).ready:
-                return
-            time.sleep(0.1)
-    raise TimeoutError(f"{deployment}:{version or '*'} not ready on {address} after {timeout}s")

@@ -43,7 +43,7 @@ def _deployments(tiny: dict[str, Path]) -> list[rpb.Deployment]:
 async def _start_worker(cache_dir: Path) -> InferenceWorker:
     settings = WorkerSettings(
         host="127.0.0.1", port=0, metrics_port=0, cache_dir=str(cache_dir), max_message_bytes=MAX_MESSAGE,
-        grace_period_s=2.0,
+        grace_period_s=2.0, preimport=False,
     )  # fmt: skip
     worker = InferenceWorker(settings)
     await worker.start()

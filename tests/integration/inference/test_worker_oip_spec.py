@@ -13,8 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import WorkerFactory, wait_model_ready
-from worker_support import registry_version, text_request
+from worker_support import WorkerFactory, registry_version, text_request, wait_model_ready
 
 from modelyard.api import grpc_predict_v2_pb2_grpc as oip_grpc
 from modelyard.api import registry_pb2 as rpb

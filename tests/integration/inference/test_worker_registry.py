@@ -11,9 +11,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import WorkerFactory, wait_model_ready
 from grpc import aio
-from worker_support import registry_version, text_request
+from support import spawn_registry
+from worker_support import WorkerFactory, registry_version, text_request, wait_model_ready
 
 from modelyard.api import grpc_predict_v2_pb2_grpc as oip_grpc
 from modelyard.api import registry_pb2 as rpb
@@ -184,3 +184,44 @@ async def test_canary_90_10_splits_2000_unpinned_requests(
     assert sum(counts.values()) == 2000 and set(counts) == {"1.0.0", "1.1.0"}
     # Binomial(2000, 0.1): mean 200, sd 13.4; 4.5 sd either side fails by chance once in ~150,000 runs.
     assert abs(counts["1.1.0"] - 200) <= 4.5 * math.sqrt(2000 * 0.1 * 0.9), counts
+
+
+async def test_registry_outage_keeps_serving_and_the_worker_resumes_from_its_revision(
+    database_url: str, spawn_worker: WorkerFactory, tiny_models: dict[str, Path]
+) -> None:
+    first = spawn_registry(database_url)
+    second = None
+    try:
+        async with aio.insecure_channel(first.address) as channel:
+            reg = rpb_grpc.RegistryServiceStub(channel)
+            await _register(reg, registry_version(tiny_models["st0"], "1.0.0", model_id="tiny", dim=32))
+            await _register(reg, registry_version(tiny_models["st1"], "1.1.0", model_id="tiny", dim=32))
+            created = await reg.CreateDeployment(
+                rpb.CreateDeploymentRequest(
+                    name="tiny", model_id="tiny", routes=[rpb.Route(version="1.0.0", weight=100)]
+                )
+            )
+            worker = spawn_worker(
+                registry=first.address, deployments=("tiny",), env={"MODELYARD_WORKER_RECONNECT_MAX_S": "0.5"}
+            )
+            await _converged(reg, "tiny", created.revision, timeout_s=120)
+        assert first.terminate() == 0
+
+        async with aio.insecure_channel(worker.address) as worker_channel:
+            oip = oip_grpc.GRPCInferenceServiceStub(worker_channel)
+            for _ in range(10):  # registry gone: what is loaded keeps serving
+                assert (await oip.ModelInfer(text_request("tiny", ["alone"]))).model_version == "1.0.0"
+
+            second = spawn_registry(database_url, port=first.port)
+            async with aio.insecure_channel(second.address) as channel:
+                reg = rpb_grpc.RegistryServiceStub(channel)
+                revision = await _set_routes(reg, "tiny", {"1.1.0": 100})
+                await _converged(reg, "tiny", revision)
+            assert (await oip.ModelInfer(text_request("tiny", ["back"]))).model_version == "1.1.0"
+        log = worker.log()
+        assert "registry.disconnected" in log
+        assert f"since_revision={created.revision}" in log  # resumed, not restarted from a snapshot
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()

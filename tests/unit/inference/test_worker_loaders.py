@@ -58,6 +58,16 @@ def test_open_clip_embeds_images_and_texts_in_one_space(tiny_clip: Path) -> None
         runtime.prepare("image", [b"definitely not a png"])
     runtime.unload()
 
+    quantized = create_runtime(
+        version_spec(tiny_clip, "2", loader="open-clip", quantization="int8-dynamic"), tiny_clip
+    )
+    quantized.load()
+    q = quantized.predict("image", quantized.prepare("image", [png((255, 0, 0)), png((0, 0, 255))]))[
+        "embedding"
+    ]
+    assert q.shape == (2, 16) and not np.allclose(q, images["embedding"], atol=1e-6)
+    quantized.unload()
+
 
 @pytest.mark.parametrize("kind", ["vision-encoder-decoder", "blip"])
 def test_captioning_returns_one_caption_per_image(tmp_path: Path, kind: str) -> None:
