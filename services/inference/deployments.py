@@ -129,6 +129,11 @@ class DeploymentApplier:
             loaded[name] = version
             fresh.append(version)
 
+        for outcome in (
+            "success",
+            "failure",
+        ):  # both series exist from the first swap, so increase() sees 0 -> 1
+            metrics.SWAPS.labels(spec.name, spec.model_id, outcome)
         weighted_failures = [n for n, w in spec.routes if w > 0 and n in failures]
         if weighted_failures:
             # Keep what serves now; the new routes are refused whole.
@@ -148,7 +153,8 @@ class DeploymentApplier:
             revision=spec.revision,
         )
         previous = self.table.swap(routes)
-        metrics.SWAPS.labels(spec.name, spec.model_id, "success").inc()
+        # A staged version that failed to load does not block the routes, but the swap was not clean.
+        metrics.SWAPS.labels(spec.name, spec.model_id, "failure" if failures else "success").inc()
         metrics.APPLIED_REVISION.labels(spec.name).set(spec.revision)
         status.revision = spec.revision
         for name, version in loaded.items():

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+
+from prometheus_client import Gauge
 
 from modelyard.api import registry_pb2, registry_pb2_grpc
 from modelyard.common.log import event
@@ -18,6 +21,11 @@ from modelyard.registry.settings import RegistrySettings
 log = logging.getLogger("modelyard.registry")
 
 SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
+ROLLOUT_CONVERGED = Gauge(
+    "modelyard_rollout_converged",
+    "1 when every live worker of the deployment serves its current routes, else 0.",
+    ["deployment"],
+)
 
 
 class RegistryServer:
@@ -27,6 +35,7 @@ class RegistryServer:
         self.broadcast: DeploymentBroadcast | None = None
         self.grpc: GrpcServer | None = None
         self.database_url = settings.database_url
+        self._rollout_task: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -59,6 +68,24 @@ class RegistryServer:
         )
         await self.grpc.start()
         await self.grpc.set_serving(True)
+        self._rollout_task = asyncio.create_task(self._export_rollouts(registry), name="rollout-gauge")
+
+    async def _export_rollouts(self, registry: Registry) -> None:
+        """Keep `modelyard_rollout_converged` current for dashboards and alerts."""
+        exported: set[str] = set()
+        while True:
+            try:
+                statuses = await registry.all_rollouts()
+            except Exception as exc:  # the database may be away; try again next round
+                event(log, "registry.rollout_gauge_failed", level=logging.WARNING, error=str(exc))
+            else:
+                for status in statuses:
+                    ROLLOUT_CONVERGED.labels(status.deployment).set(1 if status.converged else 0)
+                for gone in exported - {s.deployment for s in statuses}:
+                    with contextlib.suppress(KeyError):
+                        ROLLOUT_CONVERGED.remove(gone)
+                exported = {s.deployment for s in statuses}
+            await asyncio.sleep(max(self.settings.poll_interval_s, 1.0))
 
     async def _wait_for_database(self, url: str) -> None:
         deadline = time.monotonic() + self.settings.startup_timeout_s
@@ -75,6 +102,10 @@ class RegistryServer:
                 delay = min(delay * 2, 5.0)
 
     async def stop(self) -> None:
+        if self._rollout_task is not None:
+            self._rollout_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rollout_task
         if self.grpc is not None:
             await self.grpc.stop()
         if self.broadcast is not None:

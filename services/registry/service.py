@@ -721,6 +721,13 @@ class Registry:
             and (not deployment or any(d.deployment == deployment for d in w.deployments))
         ]
 
+    async def all_rollouts(self) -> list[RolloutStatus]:
+        """Rollout of every deployment at its current revision."""
+        async with self.db.connection() as conn:
+            deployments = await repo.list_deployments(conn)
+            workers = await repo.list_workers(conn, live_within=self.heartbeat_ttl)
+        return [_rollout(d, d.revision, workers) for d in deployments]
+
     async def rollout_status(self, name: str, *, revision: int, wait_timeout_s: float) -> RolloutStatus:
         deadline = time.monotonic() + max(wait_timeout_s, 0.0)
         while True:

@@ -2,10 +2,9 @@
 middle of a canary, and every dashboard and alert expression is evaluated through its HTTP API.
 
 The targets here stand in for the stack: metric objects are real prometheus_client collectors
-observed under a steady request load, but no registry, worker or benchmark process runs yet.
-TODO(issue 6): once `modelyard up` runs, add the full-stack version of this test: start the
-real stack, drive ModelInfer load, route a second version (canary), and reuse
-`PrometheusServer` and `expectations_hold` below against the processes' real /metrics ports.
+observed under a steady request load. They can be made slow and failing on purpose, so this test
+shows the latency and error-rate alerts firing for exactly the bad version, which the real-stack
+test (test_prometheus_stack.py) cannot provoke without breaking a real model.
 """
 
 from __future__ import annotations
