@@ -7,12 +7,7 @@ from typing import Any
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
+from modelyard.common.modelspec import InferenceConfig, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -23,17 +18,6 @@ class ModelSignature:
 
     def input(self, name: str) -> TensorSpec | None:
         return next((spec for spec in self.inputs if spec.name == name), None)
-
-
-@dataclass(frozen=True)
-class InferenceConfig:
-    max_batch_size: int = 32
-    max_delay_ms: int = 2
-    device: str = "auto"
-    dtype: str = "float32"
-    max_sequence_length: int = 0
-    quantization: str = ""
-    trust_remote_code: bool = False
 
 
 @dataclass(frozen=True)

@@ -7,16 +7,11 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelyard.common.modelspec import InferenceConfig, TensorSpec
+
 MODEL_TYPES = ("text_embedding", "image_embedding", "captioning")
 VERSION_STATUSES = ("ready", "archived")
 RUN_STATUSES = ("running", "succeeded", "failed")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    datatype: str
-    shape: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -42,17 +37,6 @@ class Signature:
         for name in sorted(consumed - offered):
             diffs.append(f"input {name!r} no longer accepted")
         return diffs
-
-
-@dataclass(frozen=True)
-class InferenceConfig:
-    max_batch_size: int = 32
-    max_delay_ms: int = 2
-    device: str = "auto"
-    dtype: str = "float32"
-    max_sequence_length: int = 0
-    quantization: str = ""
-    trust_remote_code: bool = False
 
 
 @dataclass(frozen=True)
