@@ -108,3 +108,19 @@ def wait_model_ready(address: str, deployment: str, version: str = "", timeout: 
                 return
             time.sleep(0.1)
     raise TimeoutError(f"{deployment}:{version or '*'} not ready on {address} after {timeout}s")
+
+
+def start_worker(
+    cache_dir: Path,
+    *,
+    registry: str,
+    deployments: tuple[str, ...] = (),
+    extra: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """`python -m modelyard.inference` following `registry` for `deployments`, on free ports."""
+    args = ["-m", "modelyard.inference", "--port", "0", "--metrics-port", "0", "--registry", registry]
+    args += ["--cache-dir", str(cache_dir), "--grace-period-s", "5"]
+    for name in deployments:
+        args += ["--deployment", name]
+    return ServerProcess([*args, *extra], env=env, timeout=120)

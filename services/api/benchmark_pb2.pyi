@@ -90,13 +90,17 @@ class RunBenchmarkRequest(_message.Message):
     OPTIONS_FIELD_NUMBER: _builtins.int
     STAGE_UNROUTED_FIELD_NUMBER: _builtins.int
     worker: _builtins.str
-    """Worker address (host:port) serving the deployment."""
+    """Worker address (host:port) serving the deployment. Empty: the benchmark service asks the
+    registry (ListWorkers) and takes the live worker already serving most of `versions`.
+    """
     deployment: _builtins.str
     model_id: _builtins.str
     suite: _builtins.str
     """"load", a built-in quality suite name, or "beir:/path/to/dataset"."""
     stage_unrouted: _builtins.bool
-    """Stage versions no route serves, wait for workers to load them, unstage afterwards."""
+    """Stage versions no route serves (weight 0, through the registry), wait until every live worker
+    reports them loaded, unstage afterwards, also when the run fails.
+    """
     @_builtins.property
     def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """One or more versions to benchmark, each pinned through model_version."""
@@ -105,7 +109,9 @@ class RunBenchmarkRequest(_message.Message):
     def load(self) -> Global___LoadSettings: ...
     @_builtins.property
     def options(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Suite options, e.g. "k" = "1,5,10", "batch_size" = "32", "split" = "dev", "limit" = "500";
+        """Suite options, e.g. "k" = "1,5,10", "batch_size" = "32", "split" = "dev", "limit" = "500"
+        (retrieval: the first N queries and only their judged documents, recorded as suite
+        "<name>[limit=N]");
         for "load", "input" = "text" or "image" (default: from the worker's model metadata).
         """
 

@@ -19,6 +19,9 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkSettings:
     parser.add_argument("--port", type=int)
     parser.add_argument("--metrics-port", type=int)
     parser.add_argument("--worker-timeout-s", type=float)
+    parser.add_argument("--registry-timeout-s", type=float)
+    parser.add_argument("--stage-timeout-s", type=float)
+    parser.add_argument("--grace-period-s", type=float)
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
     return BenchmarkSettings(**overrides)

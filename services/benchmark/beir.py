@@ -45,6 +45,20 @@ class RetrievalDataset:
         """Queries with at least one relevant document, in a stable order; only these are scored."""
         return sorted(qid for qid, rels in self.qrels.items() if any(g > 0 for g in rels.values()))
 
+    def limited(self, queries: int) -> RetrievalDataset:
+        """The first `queries` judged queries, searching only the documents judged for them.
+
+        A quick, smaller (so easier) variant: its name says so (`name[limit=N]`), so its runs are
+        never compared with, or gated as, runs of the whole dataset."""
+        kept = self.judged_query_ids[:queries]
+        docs = {d for qid in kept for d in self.qrels[qid]}
+        return RetrievalDataset(
+            name=f"{self.name}[limit={queries}]",
+            corpus={d: doc for d, doc in self.corpus.items() if d in docs},
+            queries={qid: self.queries[qid] for qid in kept},
+            qrels={qid: self.qrels[qid] for qid in kept},
+        )
+
 
 def load_beir(root: str | Path, *, split: str = "test", name: str | None = None) -> RetrievalDataset:
     """Read a BEIR dataset directory; any malformed line raises MalformedDataset naming file and line."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
 
-from modelyard.benchmark.beir import load_beir
+from modelyard.benchmark.beir import RetrievalDataset, load_beir
 from modelyard.benchmark.captions import CaptionSuite
 from modelyard.benchmark.images import ImageEmbeddingSuite, load_digits_images
 from modelyard.benchmark.retrieval import DEFAULT_KS, RetrievalSuite
@@ -95,19 +95,25 @@ def digits_captions(*, limit: int | None = None, batch_size: int = 16) -> Captio
     return CaptionSuite("digits-captions", images, references, batch_size=batch_size)
 
 
+def _limited(dataset: RetrievalDataset, limit: int | None) -> RetrievalDataset:
+    return dataset.limited(limit) if limit else dataset
+
+
 def resolve_suite(name: str, options: Mapping[str, str] | None = None) -> QualitySuite:
-    """The quality suite called `name`, configured from string options (k, batch_size, split, limit)."""
+    """The quality suite called `name`, configured from string options (k, batch_size, split, limit).
+
+    `limit` keeps the first N queries (retrieval: and only their judged documents) or images."""
     options = options or {}
     batch_size = int_option(options, "batch_size", 64)
     limit = int_option(options, "limit", 0) if options.get("limit") else None
     if name.startswith(BEIR_PREFIX):
         path = name.removeprefix(BEIR_PREFIX)
         dataset = load_beir(path, split=options.get("split") or "test", name=name)
-        return RetrievalSuite(dataset, ks=_ks_option(options), batch_size=batch_size)
+        return RetrievalSuite(_limited(dataset, limit), ks=_ks_option(options), batch_size=batch_size)
     builtin = _builtin_retrieval()
     if name in builtin:
         dataset = load_beir(SUITES_DIR / name, name=name)
-        return RetrievalSuite(dataset, ks=_ks_option(options), batch_size=batch_size)
+        return RetrievalSuite(_limited(dataset, limit), ks=_ks_option(options), batch_size=batch_size)
     if name == "digits":
         return ImageEmbeddingSuite.digits(
             limit=limit, knn_k=int_option(options, "knn_k", 5), ks=_ks_option(options), batch_size=batch_size

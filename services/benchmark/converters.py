@@ -41,6 +41,7 @@ def run_to_pb(run: RunRecord) -> registry_pb2.BenchmarkRun:
         error=run.error,
         conditions=run.conditions,
         hardware=run.hardware,
+        created_by=run.created_by,
         metrics=[
             registry_pb2.Metric(name=m.name, value=m.value, unit=m.unit, samples=m.samples)
             for m in run.metrics
@@ -69,6 +70,7 @@ def run_from_pb(message: registry_pb2.BenchmarkRun) -> RunRecord:
         hardware=message.hardware,
         started_at=message.started_at.ToDatetime(UTC) if message.HasField("started_at") else None,
         finished_at=message.finished_at.ToDatetime(UTC) if message.HasField("finished_at") else None,
+        created_by=message.created_by,
     )
 
 

@@ -23,15 +23,16 @@ _CODES: dict[grpc.StatusCode, type[ModelyardError]] = {
 }
 
 
+def registry_failure(error: aio.AioRpcError, what: str) -> ModelyardError:
+    """The registry's refusal as our domain error (same code); anything else is UNAVAILABLE."""
+    kind = _CODES.get(error.code(), Unavailable)
+    return kind(f"registry {what}: {error.details() or error.code().name}")
+
+
 class RegistryRunStore:
     def __init__(self, channel: aio.Channel, *, timeout_s: float = 10.0) -> None:
         self._stub = registry_pb2_grpc.RegistryServiceStub(channel)
         self.timeout_s = timeout_s
-
-    @staticmethod
-    def _failed(error: aio.AioRpcError, what: str) -> ModelyardError:
-        kind = _CODES.get(error.code(), Unavailable)
-        return kind(f"registry {what}: {error.details() or error.code().name}")
 
     async def record(self, run: RunRecord) -> RunRecord:
         try:
@@ -39,7 +40,7 @@ class RegistryRunStore:
                 registry_pb2.RecordBenchmarkRunRequest(run=run_to_pb(run)), timeout=self.timeout_s
             )
         except aio.AioRpcError as error:
-            raise self._failed(error, "RecordBenchmarkRun") from None
+            raise registry_failure(error, "RecordBenchmarkRun") from None
         return run_from_pb(reply)
 
     async def get(self, run_id: str, *, with_samples: bool = True) -> RunRecord:
@@ -49,7 +50,7 @@ class RegistryRunStore:
                 timeout=self.timeout_s,
             )
         except aio.AioRpcError as error:
-            raise self._failed(error, "GetBenchmarkRun") from None
+            raise registry_failure(error, "GetBenchmarkRun") from None
         return run_from_pb(reply)
 
     async def list(
@@ -73,5 +74,5 @@ class RegistryRunStore:
                 timeout=self.timeout_s,
             )
         except aio.AioRpcError as error:
-            raise self._failed(error, "ListBenchmarkRuns") from None
+            raise registry_failure(error, "ListBenchmarkRuns") from None
         return [run_from_pb(r) for r in reply.runs], reply.next_page_token

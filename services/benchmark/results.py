@@ -71,6 +71,7 @@ class RunRecord:
     hardware: str = ""
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    created_by: str = ""
 
     def metric(self, name: str) -> MetricResult:
         for metric in self.metrics:

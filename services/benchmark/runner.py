@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
-import platform
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from modelyard.benchmark.captions import CaptionSuite
 from modelyard.benchmark.catalog import LOAD, QualitySuite, resolve_suite
+from modelyard.benchmark.environment import hardware_summary, host_conditions
 from modelyard.benchmark.images import ImageEmbeddingSuite, load_digits_images
 from modelyard.benchmark.load import LoadPlan, measure_load
 from modelyard.benchmark.results import MetricResult, RunRecord
@@ -52,11 +53,32 @@ WorkerConnector = Callable[[str, str], WorkerClient]
 
 
 class VersionStager(Protocol):
-    """Routes a version at weight 0 and waits until workers report it loaded; undoes it afterwards."""
+    """Routes a version at weight 0 and waits until workers report it loaded; undoes it afterwards.
+
+    `stage` either returns with the version loaded or raises having undone its own change;
+    `unstage` is called once per successful `stage`. `RegistryVersionStager` is the real one."""
 
     async def stage(self, deployment: str, version: str) -> None: ...
 
     async def unstage(self, deployment: str, version: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A live worker serving a deployment, as its heartbeats describe it to the registry."""
+
+    worker_id: str
+    address: str
+    serving: frozenset[str] = frozenset()
+    devices: dict[str, str] = field(default_factory=dict)
+
+
+class WorkerDirectory(Protocol):
+    """What the registry knows about workers and versions; `RegistryDirectory` is the real one."""
+
+    async def workers(self, deployment: str) -> list[WorkerInfo]: ...
+
+    async def version_conditions(self, model_id: str, version: str) -> dict[str, str]: ...
 
 
 @dataclass(frozen=True)
@@ -83,28 +105,36 @@ class ProgressEvent:
     run: RunRecord | None = None
 
 
-def _software() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "numpy": np.__version__}
-    for package in ("modelyard", "grpcio"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
+def choose_worker(workers: Sequence[WorkerInfo], versions: Sequence[str]) -> WorkerInfo | None:
+    """The worker already serving most of `versions` (fewest to stage), then by worker id."""
+    candidates = [w for w in workers if w.address]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda w: (-len(w.serving.intersection(versions)), w.worker_id))
 
 
 class BenchmarkRunner:
     def __init__(
-        self, store: RunStore, connect: WorkerConnector, *, stager: VersionStager | None = None
+        self,
+        store: RunStore,
+        connect: WorkerConnector,
+        *,
+        stager: VersionStager | None = None,
+        directory: WorkerDirectory | None = None,
     ) -> None:
         self.store = store
         self.connect = connect
         self.stager = stager
+        self.directory = directory
 
     def validate(self, spec: RunSpec) -> QualitySuite | LoadPlan:
         """Everything that can be refused before a worker is contacted."""
-        if not spec.worker or not spec.deployment or not spec.model_id:
-            raise InvalidArgument("worker, deployment and model_id are required")
+        if not spec.deployment or not spec.model_id:
+            raise InvalidArgument("deployment and model_id are required")
+        if not spec.worker and self.directory is None:
+            raise InvalidArgument(
+                "name the worker (host:port): this benchmark service has no registry to find one"
+            )
         if not spec.versions or any(not v for v in spec.versions):
             raise InvalidArgument("name at least one version to benchmark (no empty names)")
         if len(set(spec.versions)) != len(spec.versions):
@@ -122,6 +152,8 @@ class BenchmarkRunner:
     async def run(self, spec: RunSpec) -> AsyncIterator[ProgressEvent]:
         """One run per version, in order; each ends with an event carrying the recorded run."""
         plan = self.validate(spec)
+        if not spec.worker:
+            spec = dataclasses.replace(spec, worker=await self._find_worker(spec))
         worker = self.connect(spec.worker, spec.deployment)
         try:
             for version in spec.versions:
@@ -129,6 +161,34 @@ class BenchmarkRunner:
                     yield progress
         finally:
             await worker.close()
+
+    async def _find_worker(self, spec: RunSpec) -> str:
+        """A worker address from the registry's live workers of the deployment (no `worker` given)."""
+        assert self.directory is not None
+        chosen = choose_worker(await self.directory.workers(spec.deployment), spec.versions)
+        if chosen is None:
+            raise FailedPrecondition(
+                f"no live worker serves deployment {spec.deployment}; start one "
+                f"(`python -m modelyard.inference --deployment {spec.deployment}`) or name a worker"
+            )
+        event(log, "worker.chosen", deployment=spec.deployment, worker=chosen.address)
+        return chosen.address
+
+    async def _worker_conditions(self, spec: RunSpec, version: str) -> dict[str, str]:
+        """Device the worker reports for the version, and the version's inference settings."""
+        if self.directory is None:
+            return {}
+        found: dict[str, str] = {}
+        try:
+            for info in await self.directory.workers(spec.deployment):
+                if info.address == spec.worker:
+                    found["worker.id"] = info.worker_id
+                    if info.devices.get(version):
+                        found["worker.device"] = info.devices[version]
+            found.update(await self.directory.version_conditions(spec.model_id, version))
+        except ModelyardError as failure:  # conditions are context; their absence fails no run
+            event(log, "conditions.unavailable", logging.WARNING, version=version, error=failure.message)
+        return found
 
     async def _run_version(
         self, worker: WorkerClient, spec: RunSpec, plan: QualitySuite | LoadPlan, version: str
@@ -140,6 +200,7 @@ class BenchmarkRunner:
         staged = False
         metrics: tuple[MetricResult, ...] = ()
         conditions: dict[str, str] = {}
+        worker_conditions: dict[str, str] = {}
         status, error = SUCCEEDED, ""
         try:
             if not await worker.model_ready(version):
@@ -155,6 +216,7 @@ class BenchmarkRunner:
                 await self.stager.stage(spec.deployment, version)
                 staged = True
             inputs, outputs = await worker.signature(version)
+            worker_conditions = await self._worker_conditions(spec, version)
             measured: list[tuple[tuple[MetricResult, ...], dict[str, str]]] = []
 
             async def work(report: Progress) -> None:
@@ -174,13 +236,17 @@ class BenchmarkRunner:
             event(log, "run.crashed", logging.ERROR, run_id=run_id, version=version, exc=repr(failure))
         finally:
             if staged and self.stager is not None:
-                await self.stager.unstage(spec.deployment, version)
+                try:
+                    await self.stager.unstage(spec.deployment, version)
+                except ModelyardError as failure:  # the run's outcome is still recorded
+                    event(log, "unstage.failed", logging.ERROR, version=version, error=failure.message)
         conditions = {
             **conditions,
+            **worker_conditions,
             "worker": spec.worker,
             "batch_size": str(spec.batch_size),
-            **{f"software.{k}": v for k, v in _software().items()},
-            "benchmark_host": f"{platform.node()} {platform.machine()}",
+            "staged": str(staged).lower(),
+            **host_conditions(),
         }
         record = RunRecord(
             run_id=run_id,
@@ -193,8 +259,10 @@ class BenchmarkRunner:
             error=error,
             deployment=spec.deployment,
             conditions=conditions,
+            hardware=hardware_summary(worker_conditions.get("worker.device", "")),
             started_at=started,
             finished_at=datetime.now(UTC),
+            created_by=spec.created_by,
         )
         stored = await self.store.record(record)
         event(
@@ -262,10 +330,17 @@ class BenchmarkRunner:
         report: Progress,
     ) -> tuple[tuple[MetricResult, ...], dict[str, str]]:
         loop = asyncio.get_running_loop()
+        latencies_ms: list[float] = []
+
+        async def timed(coroutine: Awaitable[T]) -> T:
+            started = time.perf_counter()
+            result = await coroutine
+            latencies_ms.append((time.perf_counter() - started) * 1000)
+            return result
 
         def blocking(coroutine: Awaitable[T]) -> T:
             # Suites are plain blocking code run in a thread; worker calls go back to the event loop.
-            return asyncio.run_coroutine_threadsafe(coroutine, loop).result()  # type: ignore[arg-type]
+            return asyncio.run_coroutine_threadsafe(timed(coroutine), loop).result()
 
         if isinstance(suite, RetrievalSuite):
             _require(inputs, outputs, "text", "embedding", suite.name, version)
@@ -284,7 +359,23 @@ class BenchmarkRunner:
             )
         else:
             raise InvalidArgument(f"suite {suite!r} has no runner")
-        return result.metrics, dict(result.conditions)
+        return result.metrics + _request_latency(latencies_ms, result.metrics), dict(result.conditions)
+
+
+def _request_latency(
+    latencies_ms: Sequence[float], measured: Sequence[MetricResult]
+) -> tuple[MetricResult, ...]:
+    """Per-request latency of the suite's own inference calls (one at a time, `batch_size` items
+    each): every quality run also yields a latency comparison. Suites that time themselves win."""
+    if not latencies_ms or any(m.name == "latency_ms" for m in measured):
+        return ()
+    samples = tuple(latencies_ms)
+    return (
+        MetricResult("latency_ms", float(np.mean(samples)), "ms", samples),
+        # No samples of their own: compare bootstraps these percentiles from latency_ms.
+        MetricResult("latency_p50_ms", float(np.percentile(samples, 50)), "ms"),
+        MetricResult("latency_p95_ms", float(np.percentile(samples, 95)), "ms"),
+    )
 
 
 def _require(

@@ -10,6 +10,7 @@ from modelyard.benchmark.registry_store import RegistryRunStore
 from modelyard.benchmark.runner import BenchmarkRunner, WorkerClient
 from modelyard.benchmark.servicer import BenchmarkServicer
 from modelyard.benchmark.settings import BenchmarkSettings
+from modelyard.benchmark.staging import RegistryDirectory, RegistryVersionStager
 from modelyard.benchmark.store import InMemoryRunStore, RunStore
 from modelyard.common.channel import open_channel
 from modelyard.common.server import GrpcServer
@@ -26,12 +27,20 @@ class BenchmarkServer:
         self.client = client or ClientSettings(timeout_s=settings.worker_timeout_s)
         self._registry_channel: aio.Channel | None = None
         store: RunStore
+        stager: RegistryVersionStager | None = None
+        directory: RegistryDirectory | None = None
         if settings.registry:
             self._registry_channel = open_channel(settings.registry, self.client)
             store = RegistryRunStore(self._registry_channel, timeout_s=settings.registry_timeout_s)
+            stager = RegistryVersionStager(
+                self._registry_channel,
+                timeout_s=settings.registry_timeout_s,
+                rollout_timeout_s=settings.stage_timeout_s,
+            )
+            directory = RegistryDirectory(self._registry_channel, timeout_s=settings.registry_timeout_s)
         else:
             store = InMemoryRunStore()
-        self.runner = BenchmarkRunner(store, self._connect)
+        self.runner = BenchmarkRunner(store, self._connect, stager=stager, directory=directory)
         servicer = BenchmarkServicer(self.runner, store)
         self.grpc = GrpcServer(
             settings,

@@ -20,3 +20,8 @@ class BenchmarkSettings(ServerSettings):
     )
     worker_timeout_s: float = Field(60.0, description="Deadline of each inference call to a worker.")
     registry_timeout_s: float = Field(10.0, description="Deadline of each call to the registry.")
+    stage_timeout_s: float = Field(
+        300.0,
+        description="How long a staged (weight-0) version may take to load on every live worker "
+        "before the run fails (and the version is unstaged).",
+    )

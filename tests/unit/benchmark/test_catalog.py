@@ -46,3 +46,16 @@ def test_missing_beir_path_is_not_found(tmp_path: object) -> None:
 def test_bad_options_are_invalid(options: dict[str, str]) -> None:
     with pytest.raises(InvalidArgument):
         resolve_suite("digits" if "limit" in options else "stdlib-docstrings", options)
+
+
+def test_limit_keeps_the_first_queries_with_only_their_judged_documents(write_beir: WriteDataset) -> None:
+    full = resolve_suite("stdlib-docstrings")
+    small = resolve_suite("stdlib-docstrings", {"limit": "25"})
+    assert isinstance(full, RetrievalSuite) and isinstance(small, RetrievalSuite)
+    assert small.name == "stdlib-docstrings[limit=25]"  # never mistaken for a run of the whole suite
+    assert small.dataset.judged_query_ids == full.dataset.judged_query_ids[:25]
+    judged = {d for q in small.dataset.judged_query_ids for d in full.dataset.qrels[q]}
+    assert set(small.dataset.corpus) == judged and len(judged) < len(full.dataset.corpus)
+    assert small.fingerprint() != full.fingerprint()
+    beir = resolve_suite(f"beir:{write_beir()}", {"limit": "1"})
+    assert isinstance(beir, RetrievalSuite) and list(beir.dataset.corpus) == ["d1"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import re
 from collections.abc import Sequence
@@ -15,7 +16,14 @@ import pytest
 from modelyard.api import benchmark_pb2, registry_pb2
 from modelyard.benchmark import converters
 from modelyard.benchmark.oip import WorkerCallFailed
-from modelyard.benchmark.runner import BenchmarkRunner, ProgressEvent, RunSpec, WorkerClient
+from modelyard.benchmark.runner import (
+    BenchmarkRunner,
+    ProgressEvent,
+    RunSpec,
+    WorkerClient,
+    WorkerInfo,
+    choose_worker,
+)
 from modelyard.benchmark.servicer import BenchmarkServicer
 from modelyard.benchmark.store import InMemoryRunStore
 from modelyard.common.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -119,6 +127,10 @@ async def test_quality_run_streams_progress_and_records_each_version(write_beir:
         stored = await store.get(final.run.run_id)
         assert stored.status == "succeeded"
         assert len(stored.metric("recall@10").samples) == 3
+        # Every worker call of the suite is timed: 4 documents + 3 queries in batches of 2.
+        assert len(stored.metric("latency_ms").samples) == 2 + 2
+        assert stored.metric("latency_p50_ms").unit == "ms"
+        assert stored.conditions["host.cpu_cores"].isdigit() and stored.conditions["host.cpu_model"]
         assert stored.conditions["worker"] == "127.0.0.1:1"
         assert "software.python" in stored.conditions
     good_events = [e for e in events if e.version == "good"]
@@ -215,8 +227,11 @@ async def test_servicer_compares_stored_runs_and_exports(write_beir: WriteDatase
         ),
         None,  # type: ignore[arg-type]
     )
-    assert {m.metric for m in reply.metrics} >= {"recall@10", "mrr@10", "ndcg@10"}
-    assert all(m.has_interval and m.paired for m in reply.metrics)
+    by_name = {m.metric: m for m in reply.metrics}
+    assert set(by_name) >= {"recall@10", "mrr@10", "ndcg@10", "latency_ms", "latency_p95_ms"}
+    # Quality scores pair up per query; request latencies are resampled per run.
+    assert all(by_name[n].has_interval and by_name[n].paired for n in ("recall@10", "mrr@10", "ndcg@10"))
+    assert by_name["latency_p95_ms"].has_interval and not by_name["latency_p95_ms"].paired
     assert "| metric | baseline | candidate |" in reply.export
 
     listed = await servicer.ListRuns(benchmark_pb2.ListRunsRequest(model_id="bow", page_size=1), None)  # type: ignore[arg-type]
@@ -240,3 +255,21 @@ async def test_compare_refuses_a_failed_run(write_beir: WriteDataset, tmp_path: 
             benchmark_pb2.CompareRequest(baseline_run_id=ids[0], candidate_run_id=ids[1]),
             None,  # type: ignore[arg-type]
         )
+
+
+def test_choose_worker_prefers_the_one_serving_the_versions_then_the_id() -> None:
+    workers = [
+        WorkerInfo("b", "127.0.0.1:2", frozenset({"good"})),
+        WorkerInfo("a", "127.0.0.1:1", frozenset()),
+        WorkerInfo("c", "", frozenset({"good", "poor"})),  # no address: cannot be called
+    ]
+    assert choose_worker(workers, ["good", "poor"]) == workers[0]
+    assert choose_worker(workers, ["other"]) == workers[1]
+    assert choose_worker(workers[2:], ["good"]) is None
+
+
+async def test_without_worker_or_registry_the_run_is_refused() -> None:
+    runner, store = _runner(FakeWorker())
+    with pytest.raises(InvalidArgument, match="no registry"):
+        await anext(runner.run(dataclasses.replace(_spec("stdlib-docstrings", "good"), worker="")))
+    assert (await store.list())[0] == []

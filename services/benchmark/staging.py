@@ -1,0 +1,195 @@
+"""The registry as the benchmark sees it: staging versions at weight 0, live workers, version settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+
+import grpc
+from grpc import aio
+
+from modelyard.api import registry_pb2, registry_pb2_grpc
+from modelyard.benchmark.registry_store import registry_failure
+from modelyard.benchmark.runner import WorkerInfo
+from modelyard.common.errors import FailedPrecondition, Unavailable
+from modelyard.common.log import event
+
+log = logging.getLogger("modelyard.benchmark")
+
+# SetRoutes with expected_revision refuses when someone else changed the routes in between.
+_ROUTE_RETRIES = 5
+
+
+class RegistryVersionStager:
+    """Stages a version on a deployment at weight 0 (existing weights kept), waits until every live
+    worker reports it loaded (GetRolloutStatus), and removes that route again afterwards.
+
+    Concurrent runs staging the same version share one staged route (counted); the route goes
+    when the last of them unstages. A version that some route already names is never touched.
+    Unstaging removes only the weight-0 route it added, re-reading the deployment first, so route
+    changes others made meanwhile survive (and a version since given traffic keeps its route)."""
+
+    def __init__(
+        self,
+        channel: aio.Channel,
+        *,
+        timeout_s: float = 10.0,
+        rollout_timeout_s: float = 300.0,
+        poll_s: float = 1.0,
+    ) -> None:
+        self._stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        self.timeout_s = timeout_s
+        self.rollout_timeout_s = rollout_timeout_s
+        self.poll_s = poll_s
+        self._lock = asyncio.Lock()
+        self._staged: Counter[tuple[str, str]] = Counter()
+
+    async def stage(self, deployment: str, version: str) -> None:
+        key = (deployment, version)
+        async with self._lock:
+            current = await self._deployment(deployment)
+            if self._staged[key] > 0 or not any(r.version == version for r in current.routes):
+                revision = current.revision
+                if self._staged[key] == 0:
+                    revision = await self._add_staged_route(deployment, version)
+                self._staged[key] += 1
+                ours = True
+            else:  # routed by someone else: load it if needed, but it is not ours to remove
+                revision, ours = current.revision, False
+        try:
+            await self._wait_loaded(deployment, version, revision)
+        except BaseException:
+            if ours:
+                await self.unstage(deployment, version)
+            raise
+
+    async def unstage(self, deployment: str, version: str) -> None:
+        key = (deployment, version)
+        async with self._lock:
+            if self._staged[key] == 0:
+                return
+            self._staged[key] -= 1
+            if self._staged[key] > 0:
+                return
+            del self._staged[key]
+            for _ in range(_ROUTE_RETRIES):
+                current = await self._deployment(deployment)
+                kept = [r for r in current.routes if not (r.version == version and r.weight == 0)]
+                if len(kept) == len(current.routes):
+                    return  # no longer staged: someone gave it traffic or removed it
+                if await self._set_routes(current, kept, f"benchmark: unstage {version}"):
+                    event(log, "version.unstaged", deployment=deployment, version=version)
+                    return
+            raise Unavailable(f"could not unstage {version} from {deployment}: its routes keep changing")
+
+    async def _add_staged_route(self, deployment: str, version: str) -> int:
+        for _ in range(_ROUTE_RETRIES):
+            current = await self._deployment(deployment)
+            routes = [*current.routes, registry_pb2.Route(version=version, weight=0)]
+            updated = await self._set_routes(current, routes, f"benchmark: stage {version} at weight 0")
+            if updated:
+                event(log, "version.staged", deployment=deployment, version=version, revision=updated)
+                return updated
+        raise Unavailable(f"could not stage {version} on {deployment}: its routes keep changing")
+
+    async def _set_routes(
+        self, current: registry_pb2.Deployment, routes: list[registry_pb2.Route], reason: str
+    ) -> int:
+        """The new revision, or 0 when another change got in first (re-read and retry)."""
+        try:
+            updated = await self._stub.SetRoutes(
+                registry_pb2.SetRoutesRequest(
+                    name=current.name, routes=routes, expected_revision=current.revision, reason=reason
+                ),
+                timeout=self.timeout_s,
+            )
+        except aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.FAILED_PRECONDITION and "re-read" in (error.details() or ""):
+                return 0
+            raise registry_failure(error, "SetRoutes") from None
+        return int(updated.revision)
+
+    async def _deployment(self, name: str) -> registry_pb2.Deployment:
+        try:
+            return await self._stub.GetDeployment(
+                registry_pb2.GetDeploymentRequest(name=name), timeout=self.timeout_s
+            )
+        except aio.AioRpcError as error:
+            raise registry_failure(error, "GetDeployment") from None
+
+    async def _wait_loaded(self, deployment: str, version: str, revision: int) -> None:
+        """Until the rollout of `revision` converged; a worker failing to load the version ends it."""
+        deadline = time.monotonic() + self.rollout_timeout_s
+        while True:
+            wait_s = max(min(self.poll_s, deadline - time.monotonic()), 0.0)
+            try:
+                status = await self._stub.GetRolloutStatus(
+                    registry_pb2.GetRolloutStatusRequest(
+                        deployment=deployment, revision=revision, wait_timeout_ms=int(wait_s * 1000)
+                    ),
+                    timeout=self.timeout_s + wait_s,
+                )
+            except aio.AioRpcError as error:
+                raise registry_failure(error, "GetRolloutStatus") from None
+            if status.converged:
+                return
+            failed = [
+                w.detail for w in status.workers if w.detail.startswith("failed") and version in w.detail
+            ]
+            if failed:
+                raise FailedPrecondition(f"staging {version} on {deployment} failed: {'; '.join(failed)}")
+            if time.monotonic() >= deadline:
+                details = "; ".join(f"{w.worker_id}: {w.detail}" for w in status.workers)
+                raise FailedPrecondition(
+                    f"staged {version} on {deployment}, but the workers did not all load it within "
+                    f"{self.rollout_timeout_s:g}s ({details or 'no live worker serves the deployment'})"
+                )
+
+
+class RegistryDirectory:
+    """Live workers of a deployment (ListWorkers) and a version's inference settings (GetVersion)."""
+
+    def __init__(self, channel: aio.Channel, *, timeout_s: float = 10.0) -> None:
+        self._stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        self.timeout_s = timeout_s
+
+    async def workers(self, deployment: str) -> list[WorkerInfo]:
+        try:
+            reply = await self._stub.ListWorkers(
+                registry_pb2.ListWorkersRequest(deployment=deployment), timeout=self.timeout_s
+            )
+        except aio.AioRpcError as error:
+            raise registry_failure(error, "ListWorkers") from None
+        found = []
+        for worker in reply.workers:
+            versions = [v for d in worker.deployments if d.deployment == deployment for v in d.versions]
+            found.append(
+                WorkerInfo(
+                    worker_id=worker.worker_id,
+                    address=worker.address,
+                    serving=frozenset(v.version for v in versions if v.state == registry_pb2.SERVING),
+                    devices={v.version: v.device for v in versions if v.device},
+                )
+            )
+        return found
+
+    async def version_conditions(self, model_id: str, version: str) -> dict[str, str]:
+        try:
+            found = await self._stub.GetVersion(
+                registry_pb2.GetVersionRequest(model_id=model_id, version=version), timeout=self.timeout_s
+            )
+        except aio.AioRpcError as error:
+            raise registry_failure(error, "GetVersion") from None
+        config = found.inference_config
+        settings = {
+            "loader": found.loader,
+            "checkpoint_hash": found.checkpoint_hash,
+            "max_batch_size": str(config.max_batch_size),
+            "max_delay_ms": str(config.max_delay_ms),
+            "device": config.device,
+            "dtype": config.dtype,
+            "quantization": config.quantization or "none",
+        }
+        return {f"version.{k}": v for k, v in settings.items() if v}
