@@ -10,12 +10,15 @@ Checkpoint hash (lower-case sha256 hex), shared with the CLI's `models import`:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
@@ -27,6 +30,7 @@ log = logging.getLogger("modelyard.inference.artifacts")
 
 _CHUNK = 1 << 20
 _COMPLETE = ".modelyard-verified"
+LOCK_DIR = ".locks"  # one lock file per checkpoint hash, shared by every process using the cache
 
 
 def _hash_file_into(digest: hashlib._Hash, path: Path) -> None:
@@ -82,7 +86,7 @@ class ArtifactCache:
                 f"checkpoint_hash {expected_hash!r} is not a sha256 hex digest; register the version "
                 "with the hash `modelyard models hash PATH` prints"
             )
-        with self._lock(expected):
+        with self._lock(expected), self._process_lock(expected):
             entry = self.root / expected
             if (entry / _COMPLETE).exists():
                 return self._payload(entry)
@@ -97,12 +101,25 @@ class ArtifactCache:
                         f"with {expected}; the artifact changed or the registered hash is wrong"
                     )
                 (staging / _COMPLETE).write_text(actual)
+                # Only an unverified leftover (a fill cut short) can be here: verified entries returned above.
                 shutil.rmtree(entry, ignore_errors=True)
                 staging.rename(entry)
                 event(log, "artifact.cached", uri=source_uri, checkpoint=expected, path=str(entry))
                 return self._payload(entry)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _process_lock(self, key: str) -> Iterator[None]:
+        """Exclusive across processes sharing this cache directory (several workers on one host)."""
+        locks = self.root / LOCK_DIR
+        locks.mkdir(exist_ok=True)
+        with (locks / key).open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     @staticmethod
     def _payload(entry: Path) -> Path:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 from pathlib import Path
 
 import pytest
 
-from modelyard.inference.artifacts import ArtifactCache, checkpoint_hash
+from modelyard.inference.artifacts import LOCK_DIR, ArtifactCache, checkpoint_hash
 from modelyard.inference.errors import ArtifactUnavailable, CheckpointMismatch
 
 
@@ -55,7 +56,7 @@ def test_mismatched_hash_is_refused_and_nothing_is_cached(tmp_path: Path) -> Non
     wrong = "f" * 64
     with pytest.raises(CheckpointMismatch, match=f"registered with {wrong}"):
         cache.resolve(str(source), wrong)
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.name != LOCK_DIR] == []
 
 
 def test_missing_artifact_and_malformed_hash_are_refused(tmp_path: Path) -> None:
@@ -64,3 +65,21 @@ def test_missing_artifact_and_malformed_hash_are_refused(tmp_path: Path) -> None
         cache.resolve(str(tmp_path / "missing"), "a" * 64)
     with pytest.raises(CheckpointMismatch, match="not a sha256"):
         cache.resolve(str(tmp_path), "abc")
+
+
+def _resolve_and_rehash(root: str, source: str, expected: str) -> str:
+    path = ArtifactCache(root).resolve(source, expected)
+    return checkpoint_hash(path)  # reads every file, as a loader would, while others may still resolve
+
+
+def test_workers_sharing_a_cache_directory_do_not_break_each_other(tmp_path: Path) -> None:
+    source = tmp_path / "model"
+    source.mkdir()
+    for i in range(200):
+        (source / f"shard-{i:03}.bin").write_bytes(bytes([i % 256]) * 4096)
+    expected = checkpoint_hash(source)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        results = pool.starmap(_resolve_and_rehash, [(str(tmp_path / "cache"), str(source), expected)] * 8)
+    assert results == [expected] * 8
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.name != LOCK_DIR] == [expected]
