@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,16 +23,23 @@ BatchFn = Callable[[list[Any]], dict[str, Any]]
 BatchObserver = Callable[[int], None]
 
 
-@dataclass
 class _Pending:
-    items: list[Any]
-    future: asyncio.Future[dict[str, Any]]
-    enqueued: float = field(default_factory=time.perf_counter)
-    started: float = 0.0
+    __slots__ = ("enqueued", "future", "items", "started")
+
+    def __init__(self, items: list[Any], future: asyncio.Future[dict[str, Any]]) -> None:
+        self.items = items
+        self.future = future
+        self.enqueued = time.perf_counter()
+        self.started = 0.0
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class DynamicBatcher:
-    """Owned by one version; `close()` cancels its task after the queue empties."""
+    """Owned by one version; `close()` cancels its task and fails what is still queued."""
 
     def __init__(
         self,
@@ -50,8 +57,9 @@ class DynamicBatcher:
         self.max_delay_s = max(0.0, max_delay_s)
         self._executor = executor
         self._on_batch = on_batch
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._carry: _Pending | None = None
+        # A plain deque plus one waiter future: asyncio.Queue with wait_for() costs a task per get.
+        self._queue: deque[_Pending] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_requests = 0
 
@@ -61,33 +69,46 @@ class DynamicBatcher:
             raise ValueError("empty request")
         if len(items) > self.max_batch_size:
             raise ValueError(f"{len(items)} items exceed max_batch_size {self.max_batch_size}")
+        loop = asyncio.get_running_loop()
         if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="batcher")
-        pending = _Pending(items, asyncio.get_running_loop().create_future())
-        await self._queue.put(pending)
+            self._task = loop.create_task(self._loop(), name="batcher")
+        pending = _Pending(items, loop.create_future())
+        self._queue.append(pending)
+        if self._waiter is not None:
+            _wake(self._waiter)
         result = await pending.future
         return result, pending.started - pending.enqueued
 
+    async def _arrival(self, within_s: float | None) -> None:
+        """Wait until a request is queued, or `within_s` seconds."""
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(within_s, _wake, waiter) if within_s is not None else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
     async def _next_batch(self) -> list[_Pending]:
-        first = self._carry or await self._queue.get()
-        self._carry = None
+        queue = self._queue
+        while not queue:
+            await self._arrival(None)
+        first = queue.popleft()
         batch, count = [first], len(first.items)
         delay = self.max_delay_s if self._last_requests > 1 else 0.0
         deadline = time.perf_counter() + delay
         while count < self.max_batch_size:
-            try:
-                nxt = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
+            if not queue:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
-                try:
-                    nxt = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-            if count + len(nxt.items) > self.max_batch_size:
-                self._carry = nxt  # starts the next batch, keeping arrival order
-                break
+                await self._arrival(remaining)
+                continue
+            if count + len(queue[0].items) > self.max_batch_size:
+                break  # it starts the next batch, keeping arrival order
+            nxt = queue.popleft()
             batch.append(nxt)
             count += len(nxt.items)
         return batch
@@ -100,7 +121,7 @@ class DynamicBatcher:
             if not batch:
                 continue
             self._last_requests = len(batch)
-            items = [item for p in batch for item in p.items]
+            items = batch[0].items if len(batch) == 1 else [item for p in batch for item in p.items]
             started = time.perf_counter()
             for p in batch:
                 p.started = started
@@ -121,10 +142,9 @@ class DynamicBatcher:
             offset = 0
             for p in batch:
                 n = len(p.items)
-                rows = {name: _rows(value, offset, n) for name, value in outputs.items()}
-                offset += n
                 if not p.future.done():
-                    p.future.set_result(rows)
+                    p.future.set_result({name: _rows(value, offset, n) for name, value in outputs.items()})
+                offset += n
 
     async def close(self) -> None:
         if self._task is not None:
@@ -132,9 +152,8 @@ class DynamicBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        while self._carry is not None or not self._queue.empty():
-            pending = self._carry or self._queue.get_nowait()
-            self._carry = None
+        while self._queue:
+            pending = self._queue.popleft()
             if not pending.future.done():
                 pending.future.set_exception(RuntimeError("batcher closed"))
 

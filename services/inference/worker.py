@@ -23,6 +23,7 @@ from modelyard.inference.converters import deployment_from_registry
 from modelyard.inference.dataplane import DataPlane
 from modelyard.inference.deployments import DeploymentApplier
 from modelyard.inference.loaders import preimport_all
+from modelyard.inference.loaders.base import intra_op_threads, use_intra_op_threads
 from modelyard.inference.registry_sync import RegistrySync
 from modelyard.inference.routing import RoutingTable
 from modelyard.inference.servicer import SERVICE_NAME, InferenceServicer
@@ -37,9 +38,23 @@ class InferenceWorker:
     def __init__(self, settings: WorkerSettings, client: ClientSettings | None = None) -> None:
         self.settings = settings
         self.table = RoutingTable()
-        self._infer_pool = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer")
-        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-        self._load_pool = ThreadPoolExecutor(1, thread_name_prefix="load")
+        # One OpenMP team only, the inference thread's (see `use_intra_op_threads`).
+        threads = intra_op_threads()
+        self._infer_pool = ThreadPoolExecutor(
+            settings.inference_threads,
+            thread_name_prefix="infer",
+            initializer=use_intra_op_threads,
+            initargs=(threads,),
+        )
+        self._decode_pool = ThreadPoolExecutor(
+            settings.decode_threads,
+            thread_name_prefix="decode",
+            initializer=use_intra_op_threads,
+            initargs=(1,),
+        )
+        self._load_pool = ThreadPoolExecutor(
+            1, thread_name_prefix="load", initializer=use_intra_op_threads, initargs=(1,)
+        )
         self.dataplane = DataPlane(self.table, self._infer_pool, decode_executor=self._decode_pool)
         self.servicer = InferenceServicer(self.dataplane)
         self.cache = ArtifactCache(Path(settings.cache_dir).expanduser())

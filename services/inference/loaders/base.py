@@ -37,6 +37,26 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def intra_op_threads() -> int:
+    """Torch's intra-op thread count in the calling thread (by default, one per core)."""
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def use_intra_op_threads(count: int) -> None:
+    """Make torch ops called from this thread use `count` intra-op threads (an executor initializer).
+
+    OpenMP keeps one team of threads per thread that calls into it, and once a process holds more
+    OpenMP threads than cores, GNU OpenMP stops spinning at its barriers and sleeps instead, which
+    slows every forward pass. Pools that only load, warm up or decode run single-threaded, so the
+    inference thread's team is the only one.
+    """
+    import torch
+
+    torch.set_num_threads(count)
+
+
 def decode_texts(items: list[bytes], name: str) -> list[str]:
     try:
         return [item.decode("utf-8") for item in items]
