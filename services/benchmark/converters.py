@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from google.protobuf.timestamp_pb2 import Timestamp
+from datetime import UTC
 
 from modelyard.api import benchmark_pb2, registry_pb2
 from modelyard.benchmark.catalog import SuiteInfo, int_option
@@ -12,6 +10,7 @@ from modelyard.benchmark.compare import Comparison
 from modelyard.benchmark.load import LoadPlan
 from modelyard.benchmark.results import MetricResult, RunRecord
 from modelyard.benchmark.runner import FAILED, RUNNING, SUCCEEDED, ProgressEvent, RunSpec
+from modelyard.common.timestamps import to_timestamp
 
 _STATUS_TO_PB = {
     RUNNING: registry_pb2.RUN_STATUS_RUNNING,
@@ -20,14 +19,6 @@ _STATUS_TO_PB = {
 }
 _STATUS_FROM_PB = {v: k for k, v in _STATUS_TO_PB.items()}
 DEFAULT_BATCH_SIZE = 8
-
-
-def _timestamp(moment: datetime | None) -> Timestamp | None:
-    if moment is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(moment.astimezone(UTC))
-    return stamp
 
 
 def run_to_pb(run: RunRecord) -> registry_pb2.BenchmarkRun:
@@ -48,9 +39,9 @@ def run_to_pb(run: RunRecord) -> registry_pb2.BenchmarkRun:
         ],
     )
     if run.started_at is not None:
-        message.started_at.CopyFrom(_timestamp(run.started_at))
+        message.started_at.CopyFrom(to_timestamp(run.started_at))
     if run.finished_at is not None:
-        message.finished_at.CopyFrom(_timestamp(run.finished_at))
+        message.finished_at.CopyFrom(to_timestamp(run.finished_at))
     return message
 
 

@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from modelyard.api import registry_pb2 as pb
 from modelyard.common.errors import InvalidArgument
+from modelyard.common.timestamps import to_timestamp
 from modelyard.registry import domain as d
 
 MODEL_TYPE_TO_PB = {
@@ -51,14 +52,6 @@ def model_type_from_pb(value: int, *, required: bool = False) -> str:
         raise InvalidArgument(f"unknown model_type {value}") from None
 
 
-def timestamp(value: dt.datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value.astimezone(dt.UTC).replace(tzinfo=None))
-    return ts
-
-
 def time_from_pb(ts: Timestamp, present: bool) -> dt.datetime | None:
     return ts.ToDatetime(tzinfo=dt.UTC) if present else None
 
@@ -69,7 +62,7 @@ def model_to_pb(m: d.Model) -> pb.Model:
         model_type=MODEL_TYPE_TO_PB.get(m.model_type, pb.MODEL_TYPE_UNSPECIFIED),
         description=m.description,
         tags=m.tags,
-        created_at=timestamp(m.created_at),
+        created_at=to_timestamp(m.created_at),
         created_by=m.created_by,
     )
 
@@ -117,7 +110,7 @@ def version_to_pb(v: d.ModelVersion) -> pb.ModelVersion:
         tags=v.tags,
         description=v.description,
         created_by=v.created_by,
-        created_at=timestamp(v.created_at),
+        created_at=to_timestamp(v.created_at),
         status=STATUS_TO_PB.get(v.status, pb.VERSION_STATUS_UNSPECIFIED),
         aliases=v.aliases,
     )
@@ -165,7 +158,7 @@ def deployment_to_pb(dep: d.Deployment) -> pb.Deployment:
         follow_alias=dep.follow_alias,
         signature=signature_to_pb(dep.signature) if dep.signature else None,
         revision=dep.revision,
-        updated_at=timestamp(dep.updated_at),
+        updated_at=to_timestamp(dep.updated_at),
         description=dep.description,
         versions=[version_to_pb(v) for v in dep.versions],
         model_type=MODEL_TYPE_TO_PB.get(dep.model_type, pb.MODEL_TYPE_UNSPECIFIED),
@@ -173,7 +166,9 @@ def deployment_to_pb(dep: d.Deployment) -> pb.Deployment:
 
 
 def alias_to_pb(a: d.Alias) -> pb.Alias:
-    return pb.Alias(model_id=a.model_id, alias=a.alias, version=a.version, updated_at=timestamp(a.updated_at))
+    return pb.Alias(
+        model_id=a.model_id, alias=a.alias, version=a.version, updated_at=to_timestamp(a.updated_at)
+    )
 
 
 def gate_to_pb(g: d.GateResult) -> pb.GateResult:
@@ -184,7 +179,7 @@ def gate_to_pb(g: d.GateResult) -> pb.GateResult:
 def audit_to_pb(e: d.AuditEvent) -> pb.AuditEvent:
     return pb.AuditEvent(
         id=e.id,
-        at=timestamp(e.at),
+        at=to_timestamp(e.at),
         actor=e.actor,
         action=e.action,
         entity_type=e.entity_type,
@@ -245,7 +240,7 @@ def worker_to_pb(w: d.WorkerStatus) -> pb.WorkerStatus:
             )
             for s in w.deployments
         ],
-        last_seen=timestamp(w.last_seen),
+        last_seen=to_timestamp(w.last_seen),
         live=w.live,
     )
 
@@ -275,8 +270,8 @@ def run_to_pb(r: d.BenchmarkRun) -> pb.BenchmarkRun:
         error=r.error,
         conditions=r.conditions,
         hardware=r.hardware,
-        started_at=timestamp(r.started_at),
-        finished_at=timestamp(r.finished_at),
+        started_at=to_timestamp(r.started_at),
+        finished_at=to_timestamp(r.finished_at),
         metrics=[pb.Metric(name=m.name, value=m.value, unit=m.unit, samples=m.samples) for m in r.metrics],
         created_by=r.created_by,
     )
@@ -309,5 +304,5 @@ def version_metric_to_pb(m: d.VersionMetric) -> pb.VersionMetric:
         unit=m.unit,
         run_id=m.run_id,
         suite=m.suite,
-        recorded_at=timestamp(m.recorded_at),
+        recorded_at=to_timestamp(m.recorded_at),
     )

@@ -9,10 +9,10 @@ import dataclasses
 import datetime as dt
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
 
-from modelyard.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from modelyard.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from modelyard.registry import repository as repo
 from modelyard.registry.broadcast import CHANNEL, DeploymentBroadcast
 from modelyard.registry.db import Database
@@ -23,6 +23,7 @@ from modelyard.registry.domain import (
     Deployment,
     DeploymentEvent,
     GateResult,
+    Metric,
     Model,
     ModelVersion,
     RolloutStatus,
@@ -45,6 +46,7 @@ from modelyard.registry.validation import (
 )
 
 EXPORT_FORMAT = "modelyard-registry/1"
+T = TypeVar("T")
 MAX_PAGE = 500
 
 
@@ -56,6 +58,12 @@ def _page_size(requested: int, default: int = 50) -> int:
 
 def encode_token(value: int | str) -> str:
     return base64.urlsafe_b64encode(f"v1:{value}".encode()).decode()
+
+
+def _paged(rows: Sequence[T], limit: int, cursor: Callable[[T], int | str]) -> tuple[list[T], str]:
+    """Rows fetched with `limit + 1`: the page, and a token for the next one when there is more."""
+    page = list(rows[:limit])
+    return page, encode_token(cursor(page[-1])) if len(rows) > limit else ""
 
 
 def decode_token(token: str) -> str:
@@ -126,9 +134,7 @@ class Registry:
             models = await repo.list_models(
                 conn, model_type=model_type, after=decode_token(page_token), limit=limit + 1
             )
-        more = len(models) > limit
-        models = models[:limit]
-        return models, encode_token(models[-1].model_id) if more else ""
+        return _paged(models, limit, lambda m: m.model_id)
 
     async def register_version(
         self, version: ModelVersion, *, actor: str, create_model: bool = False, model_type: str = ""
@@ -230,9 +236,8 @@ class Registry:
                 before_id=_int_token(page_token),
                 limit=limit + 1,
             )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return [v for _, v in rows], encode_token(rows[-1][0]) if more else ""
+        page, token = _paged(rows, limit, lambda row: row[0])
+        return [v for _, v in page], token
 
     async def update_version(
         self,
@@ -699,9 +704,7 @@ class Registry:
                 before_id=_int_token(page_token),
                 limit=limit + 1,
             )
-        more = len(events) > limit
-        events = events[:limit]
-        return events, encode_token(events[-1].id) if more else ""
+        return _paged(events, limit, lambda e: e.id)
 
     # ---- workers and rollout -------------------------------------------------------------------
 
@@ -777,9 +780,8 @@ class Registry:
                 before_seq=_int_token(page_token),
                 limit=limit + 1,
             )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return [r for _, r in rows], encode_token(rows[-1][0]) if more else ""
+        page, token = _paged(rows, limit, lambda row: row[0])
+        return [r for _, r in page], token
 
     async def version_metrics(self, model_id: str, version: str, suite: str) -> list[VersionMetric]:
         async with self.db.connection() as conn:
@@ -915,14 +917,10 @@ class Registry:
 
 def _same_or_conflict(kind: str, key: str, same: bool) -> None:
     if not same:
-        from modelyard.common.errors import AlreadyExists
-
         raise AlreadyExists(f"import conflicts with the existing {kind} {key}; nothing was imported")
 
 
 def _run_from_json(data: dict[str, Any]) -> BenchmarkRun:
-    from modelyard.registry.domain import Metric
-
     def when(value: str | None) -> dt.datetime | None:
         return dt.datetime.fromisoformat(value) if value else None
 
