@@ -67,7 +67,7 @@ def worker_group() -> None:
 @click.option("--cache-dir", default=None, help="Artifact cache, one folder per checkpoint hash.")
 @click.option("--worker-id", default=None, help="Name reported to the registry.")
 @click.option("--advertise-address", default=None, help="Address reported to the registry.")
-@click.option("--inference-threads", type=int, default=None)
+@click.option("--instances", type=int, default=None, help="Forward passes at once per version; 0 = auto.")
 @click.option("--decode-threads", type=int, default=None)
 def worker_serve(**values: Any) -> None:
     """Run one inference worker until SIGTERM/Ctrl-C."""

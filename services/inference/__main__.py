@@ -23,7 +23,7 @@ def parse_args(argv: list[str] | None = None) -> WorkerSettings:
     parser.add_argument("--metrics-port", type=int)
     parser.add_argument("--cache-dir")
     parser.add_argument("--worker-id")
-    parser.add_argument("--inference-threads", type=int)
+    parser.add_argument("--instances", type=int, help="forward passes at once per version; 0 = auto")
     parser.add_argument("--decode-threads", type=int)
     parser.add_argument("--grace-period-s", type=float)
     args = parser.parse_args(argv)

@@ -37,14 +37,23 @@ class ModelMetadata:
 
 
 class DataPlane:
-    """Serves requests from the routing table; forward passes run in `executor`, input decoding
-    in `decode_executor` (default: the same one)."""
+    """Serves requests from the routing table. Forward passes run in `executor`, up to `instances`
+    at once per version, a lone request in `solo_executor` when given (see `batching`); input
+    decoding runs in `decode_executor` (default: `executor`)."""
 
     def __init__(
-        self, table: RoutingTable, executor: Executor, *, decode_executor: Executor | None = None
+        self,
+        table: RoutingTable,
+        executor: Executor,
+        *,
+        instances: int = 1,
+        solo_executor: Executor | None = None,
+        decode_executor: Executor | None = None,
     ) -> None:
         self.table = table
         self._executor = executor
+        self._instances = instances
+        self._solo_executor = solo_executor
         self._decode_executor = decode_executor or executor
 
     def ready(self) -> bool:
@@ -160,6 +169,8 @@ class DataPlane:
                 max_batch_size=loaded.spec.config.max_batch_size,
                 max_delay_s=loaded.spec.config.max_delay_ms / 1000,
                 executor=self._executor,
+                instances=self._instances,
+                solo_executor=self._solo_executor,
                 on_batch=observe,
             )
             loaded.batchers[input_name] = batcher

@@ -29,10 +29,11 @@ class WorkerSettings(ServerSettings):
     )
     worker_id: str = Field("", description="Name reported to the registry; default host:pid.")
     advertise_address: str = Field("", description="Address reported to the registry; default host:port.")
-    inference_threads: int = Field(
-        1,
-        description="Threads running forward passes. One keeps a single OpenMP team busy; more only "
-        "help when several deployments must run forward passes at the same time.",
+    instances: int = Field(
+        0,
+        ge=0,
+        description="Forward passes of one version that run at once, each in its own thread with "
+        "cores/instances intra-op threads; 0 = auto (2 on a CPU with 2 or more cores, else 1).",
     )
     decode_threads: int = Field(2, description="Threads decoding inputs (images) before batching.")
     preimport: bool = Field(

@@ -9,6 +9,7 @@ import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -38,13 +39,19 @@ class InferenceWorker:
     def __init__(self, settings: WorkerSettings, client: ClientSettings | None = None) -> None:
         self.settings = settings
         self.table = RoutingTable()
-        # One OpenMP team only, the inference thread's (see `use_intra_op_threads`).
-        threads = intra_op_threads()
+        lanes = plan_lanes(settings.instances, intra_op_threads())
         self._infer_pool = ThreadPoolExecutor(
-            settings.inference_threads,
+            lanes.instances,
             thread_name_prefix="infer",
             initializer=use_intra_op_threads,
-            initargs=(threads,),
+            initargs=(lanes.threads_per_instance,),
+        )
+        self._solo_pool = (
+            ThreadPoolExecutor(
+                1, thread_name_prefix="solo", initializer=use_intra_op_threads, initargs=(lanes.solo_threads,)
+            )
+            if lanes.solo_threads
+            else None
         )
         self._decode_pool = ThreadPoolExecutor(
             settings.decode_threads,
@@ -55,7 +62,15 @@ class InferenceWorker:
         self._load_pool = ThreadPoolExecutor(
             1, thread_name_prefix="load", initializer=use_intra_op_threads, initargs=(1,)
         )
-        self.dataplane = DataPlane(self.table, self._infer_pool, decode_executor=self._decode_pool)
+        event(log, "worker.lanes", instances=lanes.instances, threads_per_instance=lanes.threads_per_instance,
+              solo_threads=lanes.solo_threads)  # fmt: skip
+        self.dataplane = DataPlane(
+            self.table,
+            self._infer_pool,
+            instances=lanes.instances,
+            solo_executor=self._solo_pool,
+            decode_executor=self._decode_pool,
+        )
         self.servicer = InferenceServicer(self.dataplane)
         self.cache = ArtifactCache(Path(settings.cache_dir).expanduser())
         self.applier = DeploymentApplier(self.table, self.cache, self._load_pool, on_change=self._changed)
@@ -116,8 +131,37 @@ class InferenceWorker:
             await self.sync.stop()
         await self.applier.close()
         self._infer_pool.shutdown(wait=False, cancel_futures=True)
+        if self._solo_pool is not None:
+            self._solo_pool.shutdown(wait=False, cancel_futures=True)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._load_pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class Lanes:
+    instances: int
+    threads_per_instance: int
+    solo_threads: int  # 0 = no solo lane
+
+
+def plan_lanes(instances: int, cores: int) -> Lanes:
+    """How forward passes use the cores (`cores` = torch's intra-op threads, one per core).
+
+    Auto (0) is two instances on a CPU machine with two or more cores, one with CUDA. A solo lane
+    (one thread using every core, for lone requests) is added only where the instances run
+    single-threaded: it then adds no OpenMP thread beyond one per core. GNU OpenMP keeps a team per
+    calling thread and, once a process holds more OpenMP threads than cores, stops spinning at
+    barriers, which slows every pass. The load and decode pools run torch single-threaded for the
+    same reason.
+    """
+    import torch
+
+    cores = max(1, cores)
+    if instances <= 0:
+        instances = 1 if torch.cuda.is_available() or cores < 2 else 2
+    per_instance = max(1, cores // instances)
+    solo = cores if instances > 1 and per_instance == 1 and cores > 1 else 0
+    return Lanes(instances, per_instance, solo)
 
 
 def load_static_deployments(path: str) -> list:  # type: ignore[type-arg]

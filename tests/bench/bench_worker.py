@@ -311,7 +311,10 @@ def main() -> None:
         "",
         f"Machine: {machine()}. Command: `make bench` (`tests/bench/bench_worker.py`). Model: all-MiniLM-L6-v2 "
         "fp32 (1.0.0) and int8-dynamic (1.0.1), CPU, max_batch_size 64, max_delay_ms 2; registry and worker "
-        "as separate processes, clients in the benchmark process over OIP v2 gRPC.",
+        "as separate processes, clients in the benchmark process over OIP v2 gRPC. The worker runs its "
+        "defaults: two single-threaded instances plus a two-thread solo lane for lone requests, fp32 "
+        "MiniLM through its TorchScript trace, int8 through `encode` (services/inference/README.md). "
+        "Raw is `SentenceTransformer.encode` in the benchmark process with torch's default threads.",
         "",
         "| Figure | Measured | Goal | Met |",
         "|---|---|---|---|",

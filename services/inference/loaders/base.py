@@ -45,13 +45,8 @@ def intra_op_threads() -> int:
 
 
 def use_intra_op_threads(count: int) -> None:
-    """Make torch ops called from this thread use `count` intra-op threads (an executor initializer).
-
-    OpenMP keeps one team of threads per thread that calls into it, and once a process holds more
-    OpenMP threads than cores, GNU OpenMP stops spinning at its barriers and sleeps instead, which
-    slows every forward pass. Pools that only load, warm up or decode run single-threaded, so the
-    inference thread's team is the only one.
-    """
+    """Make torch ops called from this thread use `count` intra-op threads (an executor initializer;
+    see `worker.plan_lanes` for why the counts matter)."""
     import torch
 
     torch.set_num_threads(count)
@@ -118,6 +113,12 @@ class ModelRuntime(ABC):
     @abstractmethod
     def warmup_items(self) -> dict[str, list[bytes]]:
         """Encoded sample elements per input, used by `warmup`."""
+
+    def optimize(self) -> None:
+        """Called in the background once the version serves (it does not delay a swap): may switch
+        `predict` to a faster implementation that gives the same outputs. Must leave `predict`
+        working at every moment, and do nothing after `unload`."""
+        return None
 
     def warmup(self) -> None:
         for name, items in self.warmup_items().items():

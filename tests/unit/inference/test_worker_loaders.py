@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,75 @@ def test_sentence_transformers_matches_the_library_and_quantizes(tiny_st: Path) 
     assert not np.allclose(q, reference, atol=1e-6)  # really quantized
     assert np.all(np.sum(q * reference, axis=1) > 0.9)  # still the same model
     quantized.unload()
+
+
+SHAPES = [
+    ["one"],
+    ["a", "a longer sentence with rather more tokens in it", "mid-sized sentence"],
+    [f"sentence number {i} " * (i % 7 + 1) for i in range(40)],
+]
+
+
+def test_sentence_transformers_serves_a_verified_trace_equal_to_encode(
+    tiny_st: Path, tiny_st_other: Path
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from modelyard.inference.loaders import sentence_transformers as st_loader
+
+    for path in (tiny_st, tiny_st_other):  # same architecture, other weights: the trace is reused
+        reference = SentenceTransformer(str(path), device="cpu")
+        runtime = create_runtime(version_spec(path, "1"), path)
+        runtime.load()
+        assert runtime.traced is None  # served through encode until optimized
+        runtime.optimize()
+        assert runtime.traced is not None
+        traces = len(st_loader._TEMPLATES)
+        for texts in SHAPES:
+            served = runtime.predict("text", texts)["embedding"]
+            assert served.dtype == np.float32 and served.shape == (len(texts), 32)
+            np.testing.assert_allclose(served, reference.encode(texts), atol=1e-5)
+        runtime.unload()
+        assert runtime.traced is None
+        runtime.optimize()  # after unload: nothing to trace, and no error
+        assert runtime.traced is None
+    assert len(st_loader._TEMPLATES) == traces  # one TorchScript trace for both versions
+
+
+def test_an_int8_model_is_served_through_encode(tiny_st: Path) -> None:
+    runtime = create_runtime(version_spec(tiny_st, "1", quantization="int8-dynamic"), tiny_st)
+    runtime.load()
+    runtime.optimize()
+    assert runtime.traced is None
+    for texts in SHAPES:
+        np.testing.assert_allclose(
+            runtime.predict("text", texts)["embedding"], runtime._encode(texts), atol=1e-6
+        )
+    runtime.unload()
+
+
+def test_a_model_with_a_default_prompt_is_served_through_encode(tiny_st: Path, tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    prompted = tmp_path / "prompted"
+    shutil.copytree(tiny_st, prompted)
+    config_file = prompted / "config_sentence_transformers.json"
+    config = json.loads(config_file.read_text())
+    config.update(prompts={"query": "query: ", "document": ""}, default_prompt_name="query")
+    config_file.write_text(json.dumps(config))
+
+    runtime = create_runtime(version_spec(prompted, "1"), prompted)
+    runtime.load()
+    runtime.optimize()
+    assert runtime.traced is None  # a trace would leave the prompt out
+    texts = SHAPES[1]
+    served = runtime.predict("text", texts)["embedding"]
+    np.testing.assert_allclose(
+        served, SentenceTransformer(str(prompted), device="cpu").encode(texts), atol=1e-5
+    )
+    without_prompt = SentenceTransformer(str(tiny_st), device="cpu").encode(texts)
+    assert not np.allclose(served, without_prompt, atol=1e-4)
+    runtime.unload()
 
 
 def test_open_clip_embeds_images_and_texts_in_one_space(tiny_clip: Path) -> None:
