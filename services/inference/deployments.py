@@ -7,10 +7,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
 
 from modelyard.common.log import event
 from modelyard.inference import metrics
@@ -177,11 +176,6 @@ class DeploymentApplier:
                 if loaded.get(name) is not version:
                     self._retire(spec.name, version)
 
-    def _in_background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     async def _remove(self, name: str) -> None:
         previous = self.table.remove(name)
         if previous is not None:
@@ -243,7 +237,9 @@ class DeploymentApplier:
         if status is not None and status.versions.get(version.version, None) is not None:
             if status.versions[version.version].state == SERVING:
                 status.versions[version.version].state = DRAINING
-        self._in_background(self._drain_and_unload(deployment, version), "unload")
+        task = asyncio.create_task(self._drain_and_unload(deployment, version), name="unload")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _drain_and_unload(self, deployment: str, version: LoadedVersion) -> None:
         await version.drained()

@@ -115,9 +115,8 @@ class ModelRuntime(ABC):
         """Encoded sample elements per input, used by `warmup`."""
 
     def optimize(self) -> None:
-        """Called in the background once the version serves (it does not delay a swap): may switch
-        `predict` to a faster implementation that gives the same outputs. Must leave `predict`
-        working at every moment, and do nothing after `unload`."""
+        """Called after `load`, before `warmup`: may switch `predict` to a faster implementation
+        that gives the same outputs (checked, not assumed). Does nothing after `unload`."""
         return None
 
     def warmup(self) -> None:
