@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -19,6 +20,10 @@ from modelyard.inference.loaders import ModelRuntime, create_runtime
 from modelyard.inference.routing import DeploymentRoutes, LoadedVersion, RoutingTable
 
 log = logging.getLogger("modelyard.inference.deployments")
+
+# While a version loads (pure Python for much of it: building modules, tracing), the GIL changes
+# hands every 0.5 ms instead of 5, so requests in flight wait less for it.
+_LOADING_SWITCH_INTERVAL_S = 0.0005
 
 LOADING, SERVING, DRAINING, FAILED = "LOADING", "SERVING", "DRAINING", "FAILED"
 
@@ -208,6 +213,8 @@ class DeploymentApplier:
     def _load_blocking(self, spec: VersionSpec) -> ModelRuntime:
         path = self.cache.resolve(spec.source_uri, spec.checkpoint_hash)
         runtime = create_runtime(spec, path)
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(_LOADING_SWITCH_INTERVAL_S)
         try:
             runtime.load()
             runtime.optimize()
@@ -215,6 +222,8 @@ class DeploymentApplier:
         except BaseException:
             runtime.unload()
             raise
+        finally:
+            sys.setswitchinterval(interval)
         return runtime
 
     def _publish_weights(

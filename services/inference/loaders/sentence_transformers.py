@@ -3,14 +3,15 @@
 Forward passes run a TorchScript trace of the model's whole module chain (transformer, pooling,
 normalization), so a pass is tokenization plus one C++ call: no Python per layer, and two passes on
 two threads barely contend for the GIL. Each trace is checked against `SentenceTransformer.encode`
-on batches of other shapes than it was traced with; a model that cannot be traced, whose trace
-disagrees, or that is int8-quantized is served through `encode` (event `model.trace_skipped`).
+on batches of other shapes than it was traced with; a model that cannot be traced, or whose trace
+disagrees, is served through `encode` (event `model.trace_skipped` says why).
 
 `torch.jit.trace` defines new TorchScript types in the process-wide compilation unit on every call,
-and those are never freed (about 4 MB per MiniLM trace; a dynamic-int8 trace also keeps its packed
-weights there, which is why those are not traced). So each architecture is traced once per process:
-later versions get a copy of that trace with their own tensors bound into it, sharing storage with
-the loaded model, and RSS stays flat over any number of swaps.
+and those are never freed (a fresh trace per load grew a worker by ~21 MB per fp32+int8 swap
+cycle). So each architecture (int8 and fp32 count as two) is traced once per process, and the
+trace kept as a template holding placeholders; every version gets a copy of it with its own
+tensors and packed int8 weights bound in, sharing storage with the loaded model. RSS then stays
+flat over any number of swaps.
 """
 
 from __future__ import annotations
@@ -100,13 +101,11 @@ class SentenceTransformerRuntime(ModelRuntime):
             return None
         if model.default_prompt_name:
             return self._skip_trace("the model prepends a default prompt, which only `encode` applies")
-        if self.spec.config.quantization:
-            return self._skip_trace("int8-dynamic weights would stay in the trace's TorchScript types")
         features = model.preprocess(_TRACE_SAMPLES[0])
         names = tuple(k for k, v in features.items() if isinstance(v, torch.Tensor))
         constants = {k: v for k, v in features.items() if not isinstance(v, torch.Tensor)}
         chain = _module_chain_class()(model, names, constants)
-        tensors = _named_tensors(chain)
+        tensors = _named_tensors(chain) + _script_objects(chain)
         key = _architecture_key(chain, self.device)
         try:
             with _TEMPLATES_LOCK:
@@ -216,14 +215,39 @@ def _named_tensors(module: Any) -> list[tuple[str, Any]]:
     ]
 
 
-def _placeholders(tensors: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+def _script_objects(module: Any) -> list[tuple[str, Any]]:
+    """TorchScript class instances held by submodules, by dotted name: a dynamic-int8 Linear keeps
+    its packed weights in one. A trace holds these as attributes, like tensors."""
     import torch
 
-    return [(name, torch.empty(0, dtype=t.dtype, device=t.device)) for name, t in tensors]
+    return [
+        (f"{prefix}.{attr}" if prefix else attr, value)
+        for prefix, submodule in module.named_modules(remove_duplicate=False)
+        for attr, value in vars(submodule).items()
+        if torch._C._jit_is_script_object(value)
+    ]
+
+
+def _placeholders(values: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Same-typed stand-ins that hold (next to) no memory, for a template."""
+    import torch
+
+    stand_ins = []
+    for name, value in values:
+        if isinstance(value, torch.Tensor):
+            stand_ins.append((name, torch.empty(0, dtype=value.dtype, device=value.device)))
+        elif value._type().qualified_name().endswith(".quantized.LinearPackedParamsBase"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # quantized tensor creation is deprecated upstream
+                weight = torch.quantize_per_tensor(torch.zeros(1, 1), 1.0, 0, torch.qint8)
+            stand_ins.append((name, torch.ops.quantized.linear_prepack(weight, None)))
+        else:
+            raise TypeError(f"{name} is a {value._type().qualified_name()}, which a template cannot hold")
+    return stand_ins
 
 
 def _bind(traced: Any, tensors: list[tuple[str, Any]]) -> Any:
-    """Point the traced module's parameters and buffers at `tensors` (no copy)."""
+    """Point the traced module's parameters, buffers and packed weights at `tensors` (no copy)."""
     for name, tensor in tensors:
         *path, leaf = name.split(".")
         module = traced
@@ -242,8 +266,9 @@ def _architecture_key(chain: Any, device: str) -> str:
     settings = {k: v for k, v in (config.to_dict() if config is not None else {}).items()
                 if k not in ("_name_or_path", "transformers_version")}  # fmt: skip
     shapes = [(name, tuple(t.shape), str(t.dtype)) for name, t in _named_tensors(chain)]
+    packed = [name for name, _ in _script_objects(chain)]  # their shapes show in repr(chain.model)
     return json.dumps(
-        [repr(chain.model), settings, shapes, list(chain.names), repr(chain.constants), device],
+        [repr(chain.model), settings, shapes, packed, list(chain.names), repr(chain.constants), device],
         sort_keys=True,
         default=repr,
     )
