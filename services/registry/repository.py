@@ -183,10 +183,9 @@ async def list_versions(
             f"EXISTS (SELECT 1 FROM aliases a WHERE a.model_id = v.model_id"
             f" AND a.version = v.version AND a.alias = ${len(args)})"
         )
-    if query:
-        args.append(f"%{query}%")
-        n = len(args)
-        clauses.append(f"(v.version ILIKE ${n} OR v.description ILIKE ${n} OR v.loader ILIKE ${n})")
+    if query:  # a case-insensitive substring of version, description or loader (no wildcards)
+        args.append(query)
+        clauses.append(f"strpos(v.search_text, lower(${len(args)})) > 0")
     for key, value in tags.items():
         if value is None:
             args.append(key)

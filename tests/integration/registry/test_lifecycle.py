@@ -139,6 +139,17 @@ async def test_search_filters_and_pages(stub: Stub) -> None:
     assert len(everything.versions) == 8
     found = await stub.ListVersions(pb.ListVersionsRequest(query="0.1"))
     assert [v.model_id for v in found.versions] == ["other"]
+    await stub.UpdateVersion(
+        pb.UpdateVersionRequest(model_id="minilm", version="1.2.0", description="Nightly BUILD, 50% smaller")
+    )
+    found = await stub.ListVersions(pb.ListVersionsRequest(query="nightly build"))  # any case
+    assert [v.version for v in found.versions] == ["1.2.0"]
+    found = await stub.ListVersions(pb.ListVersionsRequest(query="50% s"))  # % is a character here
+    assert [v.version for v in found.versions] == ["1.2.0"]
+    found = await stub.ListVersions(pb.ListVersionsRequest(query="1_0"))  # and _ is no wildcard
+    assert list(found.versions) == []
+    found = await stub.ListVersions(pb.ListVersionsRequest(query="SENTENCE-transformers", page_size=100))
+    assert len(found.versions) == 8  # the loader is searched too
 
 
 async def test_archive_refuses_routed_versions_and_audit_is_append_only(
