@@ -9,7 +9,7 @@ from typing import Any
 from modelyard.benchmark.server import BenchmarkServer
 from modelyard.benchmark.settings import BenchmarkSettings
 from modelyard.common.log import configure_logging
-from modelyard.common.server import wait_for_shutdown_signal
+from modelyard.common.server import freeze_startup_objects, wait_for_shutdown_signal
 
 
 def parse_args(argv: list[str] | None = None) -> BenchmarkSettings:
@@ -30,6 +30,7 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkSettings:
 async def serve(settings: BenchmarkSettings) -> None:
     server = BenchmarkServer(settings)
     await server.start()
+    freeze_startup_objects()
     try:
         await wait_for_shutdown_signal()
     finally:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable, Collection, Sequence
@@ -117,6 +118,15 @@ class GrpcServer:
         if self.metrics is not None:
             self.metrics.close()
         event(log, "server.stopped", component=self.component)
+
+
+def freeze_startup_objects() -> None:
+    """Move everything alive now (imported libraries, settings, pools) into the permanent GC
+    generation; a service process calls it once it has started. Otherwise every full collection
+    walks those objects again: in a registry replica under the read benchmark, 25-42 ms pauses that
+    each collected 5 objects, the whole of the ListVersions p99. Objects made later stay collectable."""
+    gc.collect()
+    gc.freeze()
 
 
 async def wait_for_shutdown_signal() -> None:

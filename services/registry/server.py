@@ -11,7 +11,7 @@ from prometheus_client import Gauge
 
 from modelyard.api import registry_pb2, registry_pb2_grpc
 from modelyard.common.log import event
-from modelyard.common.server import GrpcServer, wait_for_shutdown_signal
+from modelyard.common.server import GrpcServer, freeze_startup_objects, wait_for_shutdown_signal
 from modelyard.registry.broadcast import DeploymentBroadcast
 from modelyard.registry.db import CONNECTION_ERRORS, Database, migrate, start_embedded_postgres
 from modelyard.registry.service import Registry
@@ -115,6 +115,7 @@ class RegistryServer:
 
     async def run(self) -> None:
         await self.start()
+        freeze_startup_objects()
         try:
             await wait_for_shutdown_signal()
         finally:
