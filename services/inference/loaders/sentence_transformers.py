@@ -101,13 +101,13 @@ class SentenceTransformerRuntime(ModelRuntime):
             return None
         if model.default_prompt_name:
             return self._skip_trace("the model prepends a default prompt, which only `encode` applies")
-        features = model.preprocess(_TRACE_SAMPLES[0])
-        names = tuple(k for k, v in features.items() if isinstance(v, torch.Tensor))
-        constants = {k: v for k, v in features.items() if not isinstance(v, torch.Tensor)}
-        chain = _module_chain_class()(model, names, constants)
-        tensors = _named_tensors(chain) + _script_objects(chain)
-        key = _architecture_key(chain, self.device)
-        try:
+        try:  # whatever goes wrong here, the version still serves, through `encode`
+            features = model.preprocess(_TRACE_SAMPLES[0])
+            names = tuple(k for k, v in features.items() if isinstance(v, torch.Tensor))
+            constants = {k: v for k, v in features.items() if not isinstance(v, torch.Tensor)}
+            chain = _module_chain_class()(model, names, constants)
+            tensors = _named_tensors(chain) + _script_objects(chain)
+            key = _architecture_key(chain, self.device)
             with _TEMPLATES_LOCK:
                 template = _TEMPLATES.get(key)
                 if template is None:

@@ -61,13 +61,14 @@ def test_sentence_transformers_serves_a_verified_trace_equal_to_encode(
 
     from modelyard.inference.loaders import sentence_transformers as st_loader
 
+    traces: list[int] = []
     for path in (tiny_st, tiny_st_other):  # same architecture, other weights: the trace is reused
         runtime = create_runtime(version_spec(path, "1", quantization=quantization), path)
         runtime.load()
         assert runtime.traced is None  # served through encode until optimized
         runtime.optimize()
         assert runtime.traced is not None
-        traces = len(st_loader._TEMPLATES)
+        traces.append(len(st_loader._TEMPLATES))
         for texts in SHAPES:
             served = runtime.predict("text", texts)["embedding"]
             assert served.dtype == np.float32 and served.shape == (len(texts), 32)
@@ -80,7 +81,7 @@ def test_sentence_transformers_serves_a_verified_trace_equal_to_encode(
         assert runtime.traced is None
         runtime.optimize()  # after unload: nothing to trace, and no error
         assert runtime.traced is None
-    assert len(st_loader._TEMPLATES) == traces  # one TorchScript trace for both versions
+    assert traces[0] == traces[1]  # one TorchScript trace for both versions
 
 
 def test_a_model_with_a_default_prompt_is_served_through_encode(tiny_st: Path, tmp_path: Path) -> None:
@@ -146,4 +147,25 @@ def test_captioning_returns_one_caption_per_image(tmp_path: Path, kind: str) -> 
     assert captions[0] == captions[2]  # greedy decoding is deterministic per image
     with pytest.raises(BadInput):
         runtime.prepare("text", [b"x"])
+    runtime.unload()
+
+
+def test_a_model_that_cannot_be_traced_is_served_through_encode(
+    tiny_st: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from modelyard.inference.loaders import sentence_transformers as st_loader
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("this model cannot be traced")
+
+    monkeypatch.setattr(st_loader, "_TEMPLATES", {})  # no trace to reuse: it must trace afresh
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    runtime = create_runtime(version_spec(tiny_st, "1"), tiny_st)
+    runtime.load()
+    runtime.optimize()  # does not raise: the version serves anyway
+    assert runtime.traced is None
+    texts = SHAPES[1]
+    np.testing.assert_allclose(runtime.predict("text", texts)["embedding"], runtime._encode(texts), atol=1e-6)
     runtime.unload()
