@@ -123,3 +123,12 @@ def make_postgres_dir() -> Path:
     path = Path(tempfile.mkdtemp(prefix="modelyard-pg-"))
     path.chmod(0o755)
     return path
+
+
+def single_error_line(stderr: str) -> str:
+    """A CLI user mistake gives exactly one `error: ...` line on stderr and no traceback."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {lines}"
+    assert lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    return lines[0]

@@ -59,7 +59,7 @@ class DynamicBatcher:
         *,
         max_batch_size: int,
         max_delay_s: float,
-        executor: Executor | None,
+        executor: Executor,
         instances: int = 1,
         solo_executor: Executor | None = None,
         on_batch: BatchObserver | None = None,
@@ -71,7 +71,7 @@ class DynamicBatcher:
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_delay_s = max(0.0, max_delay_s)
-        self._executor = executor or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batch")
+        self._executor = executor
         self.instances = instances
         # With several instances a pass takes its share, so that under load every instance has work.
         self._pass_items = max(1, max_batch_size // (instances + 1 if instances > 1 else 1))

@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from modelyard.api import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelyard.api import registry_pb2 as rpb
 from modelyard.common.log import event
-from modelyard.common.server import GrpcServer
+from modelyard.common.server import GrpcServer, freeze_startup_objects
 from modelyard.common.settings import ClientSettings
 from modelyard.inference.artifacts import ArtifactCache
 from modelyard.inference.converters import deployment_from_registry
@@ -115,6 +115,7 @@ class InferenceWorker:
             started = time.perf_counter()
             await asyncio.get_running_loop().run_in_executor(self._load_pool, preimport_all)
             event(log, "worker.preimported", seconds=round(time.perf_counter() - started, 2))
+        freeze_startup_objects()
         if self.settings.static_deployments:
             for spec in load_static_deployments(self.settings.static_deployments):
                 self.applier.submit(spec)

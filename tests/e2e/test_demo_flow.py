@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
-from support import free_port
+from support import free_port, single_error_line
 from worker_support import text_request
 
 from modelyard.api import grpc_predict_v2_pb2_grpc as oip_grpc
@@ -136,12 +136,6 @@ class SteadyLoad:
         self._thread.join(10)
 
 
-def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
-    return lines[0]
-
-
 def test_stack_serves_the_tiny_demo_models_labelled_as_such(stack: Stack) -> None:
     models = {m["model_id"]: m for m in stack.json("models", "list")}
     for model_id in ("tiny-clip", "tiny-captioner"):
@@ -199,7 +193,7 @@ def test_upgrade_flow_benchmark_promote_switch_rollback(stack: Stack, tiny_text:
             check=False,
         )
         assert refused.returncode == 3
-        assert "recall@10" in one_line_error(refused)
+        assert "recall@10" in single_error_line(refused.stderr)
 
         promoted = stack.json(
             "deployments",
@@ -238,7 +232,9 @@ def test_upgrade_flow_benchmark_promote_switch_rollback(stack: Stack, tiny_text:
 
 def test_user_mistakes_are_one_line_with_distinct_exit_codes(stack: Stack, tmp_path: Path) -> None:
     unknown = stack.cli("deployments", "status", "no-such-deployment", check=False)
-    assert unknown.returncode == 3 and "unknown deployment 'no-such-deployment'" in one_line_error(unknown)
+    assert unknown.returncode == 3 and "unknown deployment 'no-such-deployment'" in single_error_line(
+        unknown.stderr
+    )
 
     (tmp_path / "weights.bin").write_bytes(b"x")
     bad_version = stack.cli(
@@ -253,19 +249,19 @@ def test_user_mistakes_are_one_line_with_distinct_exit_codes(stack: Stack, tmp_p
         "sentence-transformers",
         check=False,
     )
-    assert bad_version.returncode == 2 and "invalid version '1.x'" in one_line_error(bad_version)
+    assert bad_version.returncode == 2 and "invalid version '1.x'" in single_error_line(bad_version.stderr)
 
     refused_version = stack.cli("deployments", "canary", "captioning", "v2", check=False)
     assert refused_version.returncode == 3, refused_version.stderr
-    one_line_error(refused_version)
+    single_error_line(refused_version.stderr)
 
     missing = stack.cli(
         "models", "import", str(tmp_path / "missing"), "--model", "m", "--version", "1.0.0", check=False
     )
-    assert missing.returncode == 2 and "no model at" in one_line_error(missing)
+    assert missing.returncode == 2 and "no model at" in single_error_line(missing.stderr)
 
     down = stack.cli("--registry", f"127.0.0.1:{free_port()}", "models", "list", check=False)
-    assert down.returncode == 4 and "is `modelyard up` running?" in one_line_error(down)
+    assert down.returncode == 4 and "is `modelyard up` running?" in single_error_line(down.stderr)
 
 
 def test_sigterm_stops_every_process(stack: Stack) -> None:

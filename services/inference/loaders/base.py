@@ -180,17 +180,15 @@ def register_loader(cls: type[ModelRuntime]) -> type[ModelRuntime]:
 
 
 def preimport_all() -> None:
-    """Import every family's libraries, then move everything alive into the permanent GC generation.
+    """Import every family's libraries. Blocking; call from an executor.
 
-    Blocking; call from an executor. Those libraries leave hundreds of thousands of long-lived
-    objects behind; once frozen, a full collection (needed to free an unloaded model, whose modules
-    hold reference cycles) takes milliseconds instead of a GIL-holding ~0.3 s that stalls serving.
-    Models loaded later stay collectable.
+    They leave hundreds of thousands of long-lived objects behind; the worker then freezes them out
+    of the cyclic GC (`freeze_startup_objects`), so a full collection (needed to free an unloaded
+    model, whose modules hold reference cycles) takes milliseconds instead of a GIL-holding ~0.3 s
+    that stalls serving.
     """
     for cls in _LOADERS.values():
         cls.preimport()
-    gc.collect()
-    gc.freeze()
 
 
 def loader_names() -> list[str]:

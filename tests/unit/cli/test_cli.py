@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 from click.testing import CliRunner
-from support import free_port
+from support import free_port, single_error_line
 
 from modelyard.api import registry_pb2 as rpb
 from modelyard.cli import importer
@@ -33,14 +33,6 @@ def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, 
         main(list(args))
     captured = capsys.readouterr()
     return int(exited.value.code or 0), captured.out, captured.err
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got {lines}"
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in err
-    return lines[0]
 
 
 # ---- parsing ---------------------------------------------------------------------------------------
@@ -118,7 +110,7 @@ def test_registry_not_running_exits_4_with_one_line(capsys: pytest.CaptureFixtur
     address = f"127.0.0.1:{free_port()}"
     code, out, err = run_main(capsys, "--registry", address, "deployments", "list")
     assert code == EXIT_UNREACHABLE
-    line = one_error_line(err)
+    line = single_error_line(err)
     assert f"registry at {address} is not reachable" in line and "modelyard up" in line
     assert out == ""
 
@@ -126,7 +118,7 @@ def test_registry_not_running_exits_4_with_one_line(capsys: pytest.CaptureFixtur
 def test_unknown_option_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_main(capsys, "deployments", "list", "--no-such-flag")
     assert code == EXIT_USAGE
-    assert "--no-such-flag" in one_error_line(err)
+    assert "--no-such-flag" in single_error_line(err)
 
 
 def test_malformed_route_exits_2_before_contacting_anything(capsys: pytest.CaptureFixture[str]) -> None:
@@ -135,7 +127,7 @@ def test_malformed_route_exits_2_before_contacting_anything(capsys: pytest.Captu
         capsys, "--registry", f"127.0.0.1:{free_port()}", "deployments", "set-routes", "d", "1.0.0=lots"
     )
     assert code == EXIT_USAGE
-    assert "VERSION=WEIGHT" in one_error_line(err)
+    assert "VERSION=WEIGHT" in single_error_line(err)
 
 
 def test_import_of_missing_directory_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -143,7 +135,7 @@ def test_import_of_missing_directory_exits_2(capsys: pytest.CaptureFixture[str],
         capsys, "models", "import", str(tmp_path / "nope"), "--model", "m", "--version", "1.0.0"
     )
     assert code == EXIT_USAGE
-    assert "no model at" in one_error_line(err)
+    assert "no model at" in single_error_line(err)
 
 
 def test_import_with_bad_version_exits_2_before_hashing(
@@ -165,7 +157,7 @@ def test_import_with_bad_version_exits_2_before_hashing(
         "sentence-transformers",
     )
     assert code == EXIT_USAGE
-    assert "invalid version '1.x'" in one_error_line(err)
+    assert "invalid version '1.x'" in single_error_line(err)
 
 
 # ---- commands that need no server ------------------------------------------------------------------
