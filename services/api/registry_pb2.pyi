@@ -1294,6 +1294,57 @@ class CheckCompatibilityResponse(_message.Message):
 Global___CheckCompatibilityResponse: _TypeAlias = CheckCompatibilityResponse  # noqa: Y015
 
 @_typing.final
+class StageVersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Deployment name."""
+    version: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StageVersionRequest: _TypeAlias = StageVersionRequest  # noqa: Y015
+
+@_typing.final
+class UnstageVersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnstageVersionRequest: _TypeAlias = UnstageVersionRequest  # noqa: Y015
+
+@_typing.final
 class WatchDeploymentsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1482,11 +1533,21 @@ class LoadedVersion(_message.Message):
     CHECKPOINT_HASH_FIELD_NUMBER: _builtins.int
     DEVICE_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     state: Global___VersionState.ValueType
     checkpoint_hash: _builtins.str
     device: _builtins.str
     last_error: _builtins.str
+    attempts: _builtins.int
+    """Load attempts so far for the current spec (1 = the first try); a FAILED version that is still
+    routed is retried with backoff when its failure may be transient.
+    """
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp:
+        """When the next attempt is due; unset when none is planned."""
+
     def __init__(
         self,
         *,
@@ -1495,10 +1556,12 @@ class LoadedVersion(_message.Message):
         checkpoint_hash: _builtins.str = ...,
         device: _builtins.str = ...,
         last_error: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_attempt_at", b"next_attempt_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_hash", b"checkpoint_hash", "device", b"device", "last_error", b"last_error", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "checkpoint_hash", b"checkpoint_hash", "device", b"device", "last_error", b"last_error", "next_attempt_at", b"next_attempt_at", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1542,12 +1605,17 @@ class WorkerStatus(_message.Message):
     DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     LIVE_FIELD_NUMBER: _builtins.int
+    FALLBACK_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     address: _builtins.str
     state: _builtins.str
     """"starting", "serving", "degraded", "stopping"."""
     last_error: _builtins.str
     live: _builtins.bool
+    fallback: _builtins.bool
+    """True while the worker serves the deployments it last applied (stored beside its cache)
+    because it started without reaching the registry; false once it follows the registry again.
+    """
     @_builtins.property
     def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeploymentStatus]: ...
     @_builtins.property
@@ -1562,10 +1630,11 @@ class WorkerStatus(_message.Message):
         deployments: _abc.Iterable[Global___DeploymentStatus] | None = ...,
         last_seen: _timestamp_pb2.Timestamp | None = ...,
         live: _builtins.bool = ...,
+        fallback: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "deployments", b"deployments", "last_error", b"last_error", "last_seen", b"last_seen", "live", b"live", "state", b"state", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "deployments", b"deployments", "fallback", b"fallback", "last_error", b"last_error", "last_seen", b"last_seen", "live", b"live", "state", b"state", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1688,10 +1757,18 @@ class WorkerRollout(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     CONVERGED_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    LOST_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     revision: _builtins.int
     converged: _builtins.bool
     detail: _builtins.str
+    lost: _builtins.bool
+    """The worker served this deployment recently but stopped heartbeating without saying it was
+    stopping; a rollout is not converged while one is lost.
+    """
+    @_builtins.property
+    def last_seen(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -1699,10 +1776,12 @@ class WorkerRollout(_message.Message):
         revision: _builtins.int = ...,
         converged: _builtins.bool = ...,
         detail: _builtins.str = ...,
+        lost: _builtins.bool = ...,
+        last_seen: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["converged", b"converged", "detail", b"detail", "revision", b"revision", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["converged", b"converged", "detail", b"detail", "last_seen", b"last_seen", "lost", b"lost", "revision", b"revision", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -129,6 +129,16 @@ class RegistryServiceStub:
                 request_serializer=modelyard_dot_api_dot_registry__pb2.CheckCompatibilityRequest.SerializeToString,
                 response_deserializer=modelyard_dot_api_dot_registry__pb2.CheckCompatibilityResponse.FromString,
                 _registered_method=True)
+        self.StageVersion = channel.unary_unary(
+                '/modelyard.registry.v1.RegistryService/StageVersion',
+                request_serializer=modelyard_dot_api_dot_registry__pb2.StageVersionRequest.SerializeToString,
+                response_deserializer=modelyard_dot_api_dot_registry__pb2.Deployment.FromString,
+                _registered_method=True)
+        self.UnstageVersion = channel.unary_unary(
+                '/modelyard.registry.v1.RegistryService/UnstageVersion',
+                request_serializer=modelyard_dot_api_dot_registry__pb2.UnstageVersionRequest.SerializeToString,
+                response_deserializer=modelyard_dot_api_dot_registry__pb2.Deployment.FromString,
+                _registered_method=True)
         self.WatchDeployments = channel.unary_stream(
                 '/modelyard.registry.v1.RegistryService/WatchDeployments',
                 request_serializer=modelyard_dot_api_dot_registry__pb2.WatchDeploymentsRequest.SerializeToString,
@@ -307,6 +317,20 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StageVersion(self, request, context):
+        """Add a weight-0 route (load without traffic) or remove one; never changes a weighted route.
+        What the benchmark service may do to a deployment, and all it may do.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnstageVersion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchDeployments(self, request, context):
         """Broadcast: a snapshot, then every change, each with a revision.
         """
@@ -475,6 +499,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.CheckCompatibility,
                     request_deserializer=modelyard_dot_api_dot_registry__pb2.CheckCompatibilityRequest.FromString,
                     response_serializer=modelyard_dot_api_dot_registry__pb2.CheckCompatibilityResponse.SerializeToString,
+            ),
+            'StageVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.StageVersion,
+                    request_deserializer=modelyard_dot_api_dot_registry__pb2.StageVersionRequest.FromString,
+                    response_serializer=modelyard_dot_api_dot_registry__pb2.Deployment.SerializeToString,
+            ),
+            'UnstageVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnstageVersion,
+                    request_deserializer=modelyard_dot_api_dot_registry__pb2.UnstageVersionRequest.FromString,
+                    response_serializer=modelyard_dot_api_dot_registry__pb2.Deployment.SerializeToString,
             ),
             'WatchDeployments': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchDeployments,
@@ -1045,6 +1079,60 @@ class RegistryService:
             '/modelyard.registry.v1.RegistryService/CheckCompatibility',
             modelyard_dot_api_dot_registry__pb2.CheckCompatibilityRequest.SerializeToString,
             modelyard_dot_api_dot_registry__pb2.CheckCompatibilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StageVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelyard.registry.v1.RegistryService/StageVersion',
+            modelyard_dot_api_dot_registry__pb2.StageVersionRequest.SerializeToString,
+            modelyard_dot_api_dot_registry__pb2.Deployment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnstageVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelyard.registry.v1.RegistryService/UnstageVersion',
+            modelyard_dot_api_dot_registry__pb2.UnstageVersionRequest.SerializeToString,
+            modelyard_dot_api_dot_registry__pb2.Deployment.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,11 @@ class RegistryServiceStub:
     RollbackDeployment: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RollbackDeploymentRequest, _registry_pb2.Deployment]
     DeleteDeployment: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteDeploymentRequest, _registry_pb2.DeleteDeploymentResponse]
     CheckCompatibility: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CheckCompatibilityRequest, _registry_pb2.CheckCompatibilityResponse]
+    StageVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.StageVersionRequest, _registry_pb2.Deployment]
+    """Add a weight-0 route (load without traffic) or remove one; never changes a weighted route.
+    What the benchmark service may do to a deployment, and all it may do.
+    """
+    UnstageVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UnstageVersionRequest, _registry_pb2.Deployment]
     WatchDeployments: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchDeploymentsRequest, _registry_pb2.WatchDeploymentsResponse]
     """Broadcast: a snapshot, then every change, each with a revision."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListAuditEventsRequest, _registry_pb2.ListAuditEventsResponse]
@@ -99,6 +104,11 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     RollbackDeployment: _aio.UnaryUnaryMultiCallable[_registry_pb2.RollbackDeploymentRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
     DeleteDeployment: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteDeploymentRequest, _registry_pb2.DeleteDeploymentResponse]  # type: ignore[assignment]
     CheckCompatibility: _aio.UnaryUnaryMultiCallable[_registry_pb2.CheckCompatibilityRequest, _registry_pb2.CheckCompatibilityResponse]  # type: ignore[assignment]
+    StageVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.StageVersionRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
+    """Add a weight-0 route (load without traffic) or remove one; never changes a weighted route.
+    What the benchmark service may do to a deployment, and all it may do.
+    """
+    UnstageVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.UnstageVersionRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
     WatchDeployments: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchDeploymentsRequest, _registry_pb2.WatchDeploymentsResponse]  # type: ignore[assignment]
     """Broadcast: a snapshot, then every change, each with a revision."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListAuditEventsRequest, _registry_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
@@ -253,6 +263,23 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.CheckCompatibilityRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.CheckCompatibilityResponse, _abc.Awaitable[_registry_pb2.CheckCompatibilityResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def StageVersion(
+        self,
+        request: _registry_pb2.StageVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Deployment, _abc.Awaitable[_registry_pb2.Deployment]]:
+        """Add a weight-0 route (load without traffic) or remove one; never changes a weighted route.
+        What the benchmark service may do to a deployment, and all it may do.
+        """
+
+    @_abc_1.abstractmethod
+    def UnstageVersion(
+        self,
+        request: _registry_pb2.UnstageVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Deployment, _abc.Awaitable[_registry_pb2.Deployment]]: ...
 
     @_abc_1.abstractmethod
     def WatchDeployments(

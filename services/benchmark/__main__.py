@@ -21,6 +21,12 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkSettings:
     parser.add_argument("--worker-timeout-s", type=float)
     parser.add_argument("--registry-timeout-s", type=float)
     parser.add_argument("--stage-timeout-s", type=float)
+    parser.add_argument(
+        "--dataset-dir",
+        action="append",
+        dest="dataset_dirs",
+        help="directory beir: suites may read (repeatable)",
+    )
     parser.add_argument("--grace-period-s", type=float)
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
@@ -12,7 +12,7 @@ from modelyard.benchmark.beir import RetrievalDataset, load_beir
 from modelyard.benchmark.captions import CaptionSuite
 from modelyard.benchmark.images import ImageEmbeddingSuite, load_digits_images
 from modelyard.benchmark.retrieval import DEFAULT_KS, RetrievalSuite
-from modelyard.common.errors import InvalidArgument, NotFound
+from modelyard.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 BEIR_PREFIX = "beir:"
@@ -95,19 +95,41 @@ def digits_captions(*, limit: int | None = None, batch_size: int = 16) -> Captio
     return CaptionSuite("digits-captions", images, references, batch_size=batch_size)
 
 
+def check_dataset_path(path: str, dataset_dirs: Sequence[Path]) -> None:
+    """`path` (symlinks resolved) must lie inside one of `dataset_dirs`."""
+    if not dataset_dirs:
+        raise FailedPrecondition(
+            "this benchmark service reads BEIR datasets only from configured directories and has none; "
+            "start it with --dataset-dir DIR (MODELYARD_BENCHMARK_DATASET_DIRS) and put the dataset there"
+        )
+    target = Path(path).resolve()
+    if not any(target.is_relative_to(Path(root).resolve()) for root in dataset_dirs):
+        allowed = ", ".join(str(d) for d in dataset_dirs)
+        raise PermissionDenied(
+            f"dataset {path} is outside the benchmark service's dataset directories ({allowed}); "
+            "copy it into one of them"
+        )
+
+
 def _limited(dataset: RetrievalDataset, limit: int | None) -> RetrievalDataset:
     return dataset.limited(limit) if limit else dataset
 
 
-def resolve_suite(name: str, options: Mapping[str, str] | None = None) -> QualitySuite:
+def resolve_suite(
+    name: str, options: Mapping[str, str] | None = None, *, dataset_dirs: Sequence[Path] | None = None
+) -> QualitySuite:
     """The quality suite called `name`, configured from string options (k, batch_size, split, limit).
 
-    `limit` keeps the first N queries (retrieval: and only their judged documents) or images."""
+    `limit` keeps the first N queries (retrieval: and only their judged documents) or images.
+    `dataset_dirs`: where `beir:` paths may point (a service never reads files outside what it was
+    configured for); None = anywhere, for library callers."""
     options = options or {}
     batch_size = int_option(options, "batch_size", 64)
     limit = int_option(options, "limit", 0) if options.get("limit") else None
     if name.startswith(BEIR_PREFIX):
         path = name.removeprefix(BEIR_PREFIX)
+        if dataset_dirs is not None:
+            check_dataset_path(path, dataset_dirs)
         dataset = load_beir(path, split=options.get("split") or "test", name=name)
         return RetrievalSuite(_limited(dataset, limit), ks=_ks_option(options), batch_size=batch_size)
     builtin = _builtin_retrieval()

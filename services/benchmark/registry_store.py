@@ -24,7 +24,15 @@ _CODES: dict[grpc.StatusCode, type[ModelyardError]] = {
 
 
 def registry_failure(error: aio.AioRpcError, what: str) -> ModelyardError:
-    """The registry's refusal as our domain error (same code); anything else is UNAVAILABLE."""
+    """The registry's refusal as our domain error (same code); anything else is UNAVAILABLE.
+
+    A refused token is this service's own configuration problem, not the caller's: FAILED_PRECONDITION
+    (passing UNAUTHENTICATED on would tell the caller its token is wrong)."""
+    if error.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return FailedPrecondition(
+            f"the registry refused the benchmark service's credentials for {what}: {error.details()}; "
+            "give the service a benchmark token (MODELYARD_TOKEN) the registry knows"
+        )
     kind = _CODES.get(error.code(), Unavailable)
     return kind(f"registry {what}: {error.details() or error.code().name}")
 

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -23,7 +24,7 @@ from modelyard.benchmark.load import LoadPlan, measure_load
 from modelyard.benchmark.results import MetricResult, RunRecord
 from modelyard.benchmark.retrieval import Progress, RetrievalSuite
 from modelyard.benchmark.store import RunStore
-from modelyard.common.errors import FailedPrecondition, InvalidArgument, ModelyardError
+from modelyard.common.errors import FailedPrecondition, InvalidArgument, ModelyardError, PermissionDenied
 from modelyard.common.log import event
 
 log = logging.getLogger("modelyard.benchmark")
@@ -58,7 +59,7 @@ class VersionStager(Protocol):
     `stage` either returns with the version loaded or raises having undone its own change;
     `unstage` is called once per successful `stage`. `RegistryVersionStager` is the real one."""
 
-    async def stage(self, deployment: str, version: str) -> None: ...
+    async def stage(self, deployment: str, version: str, *, reason: str = "") -> None: ...
 
     async def unstage(self, deployment: str, version: str) -> None: ...
 
@@ -121,16 +122,28 @@ class BenchmarkRunner:
         *,
         stager: VersionStager | None = None,
         directory: WorkerDirectory | None = None,
+        call_named_workers: bool = False,
+        dataset_dirs: Sequence[Path] | None = None,
     ) -> None:
+        """`call_named_workers`: without a registry, call the worker a request names; only for a
+        service that holds no credentials (it would send them to whatever address it is given).
+        `dataset_dirs`: where `beir:` suites may read; None = anywhere (the service always sets it)."""
         self.store = store
         self.connect = connect
         self.stager = stager
         self.directory = directory
+        self.call_named_workers = call_named_workers
+        self.dataset_dirs = None if dataset_dirs is None else list(dataset_dirs)
 
     def validate(self, spec: RunSpec) -> QualitySuite | LoadPlan:
         """Everything that can be refused before a worker is contacted."""
         if not spec.deployment or not spec.model_id:
             raise InvalidArgument("deployment and model_id are required")
+        if self.directory is None and not self.call_named_workers:
+            raise FailedPrecondition(
+                "this benchmark service has no registry to find workers, and it holds credentials it "
+                "must not send to an address a request names; configure its registry"
+            )
         if not spec.worker and self.directory is None:
             raise InvalidArgument(
                 "name the worker (host:port): this benchmark service has no registry to find one"
@@ -147,13 +160,15 @@ class BenchmarkRunner:
                     "the load suite needs load settings (concurrency and requests or duration)"
                 )
             return spec.load
-        return resolve_suite(spec.suite, spec.options)
+        return resolve_suite(spec.suite, spec.options, dataset_dirs=self.dataset_dirs)
 
     async def run(self, spec: RunSpec) -> AsyncIterator[ProgressEvent]:
         """One run per version, in order; each ends with an event carrying the recorded run."""
         plan = self.validate(spec)
         if not spec.worker:
             spec = dataclasses.replace(spec, worker=await self._find_worker(spec))
+        elif self.directory is not None:
+            await self._check_listed(spec)
         worker = self.connect(spec.worker, spec.deployment)
         try:
             for version in spec.versions:
@@ -173,6 +188,18 @@ class BenchmarkRunner:
             )
         event(log, "worker.chosen", deployment=spec.deployment, worker=chosen.address)
         return chosen.address
+
+    async def _check_listed(self, spec: RunSpec) -> None:
+        """A named worker must be one the registry lists for the deployment: the service sends its
+        token to the worker, and must never send it to an address a caller chose."""
+        assert self.directory is not None
+        listed = sorted(w.address for w in await self.directory.workers(spec.deployment) if w.address)
+        if spec.worker not in listed:
+            raise PermissionDenied(
+                f"worker {spec.worker} is not one the registry lists for deployment {spec.deployment} "
+                f"({', '.join(listed) or 'none is live'}); the benchmark service only calls those. "
+                "Leave the worker out to let it choose"
+            )
 
     async def _worker_conditions(self, spec: RunSpec, version: str) -> dict[str, str]:
         """Device the worker reports for the version, and the version's inference settings."""
@@ -213,7 +240,11 @@ class BenchmarkRunner:
                         "staging an unrouted version needs the registry; none is configured"
                     )
                 yield ProgressEvent(run_id, version, "staging", 0.0, f"staging {version} at weight 0")
-                await self.stager.stage(spec.deployment, version)
+                await self.stager.stage(
+                    spec.deployment,
+                    version,
+                    reason=f"benchmark run {run_id} for {spec.created_by or 'anonymous'}",
+                )
                 staged = True
             inputs, outputs = await worker.signature(version)
             worker_conditions = await self._worker_conditions(spec, version)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from grpc import aio
 
 from modelyard.api import benchmark_pb2, benchmark_pb2_grpc
@@ -12,13 +14,14 @@ from modelyard.benchmark.servicer import BenchmarkServicer
 from modelyard.benchmark.settings import BenchmarkSettings
 from modelyard.benchmark.staging import RegistryDirectory, RegistryVersionStager
 from modelyard.benchmark.store import InMemoryRunStore, RunStore
+from modelyard.common.auth import AccessPolicy, Role
 from modelyard.common.channel import open_channel
 from modelyard.common.server import GrpcServer
 from modelyard.common.settings import ClientSettings
 
 SERVICE_NAME = benchmark_pb2.DESCRIPTOR.services_by_name["BenchmarkService"].full_name
-# RunBenchmark writes runs into the performance store, so it needs an admin token.
-WRITE_METHODS = ("RunBenchmark",)
+# RunBenchmark stages versions and writes runs, so it is admin-only (the policy's default).
+POLICY = AccessPolicy.of({("GetRun", "ListRuns", "Compare", "ListSuites"): (Role.READER, Role.BENCHMARK)})
 
 
 class BenchmarkServer:
@@ -40,7 +43,15 @@ class BenchmarkServer:
             directory = RegistryDirectory(self._registry_channel, timeout_s=settings.registry_timeout_s)
         else:
             store = InMemoryRunStore()
-        self.runner = BenchmarkRunner(store, self._connect, stager=stager, directory=directory)
+        holds_credentials = bool(self.client.token or self.client.tls_client_cert_file)
+        self.runner = BenchmarkRunner(
+            store,
+            self._connect,
+            stager=stager,
+            directory=directory,
+            call_named_workers=not settings.registry and not holds_credentials,
+            dataset_dirs=[Path(d).expanduser() for d in settings.dataset_dirs],
+        )
         servicer = BenchmarkServicer(self.runner, store)
         self.grpc = GrpcServer(
             settings,
@@ -49,7 +60,7 @@ class BenchmarkServer:
             register=lambda server: benchmark_pb2_grpc.add_BenchmarkServiceServicer_to_server(
                 servicer, server
             ),
-            write_methods=WRITE_METHODS,
+            policy=POLICY,
         )
 
     def _connect(self, address: str, deployment: str) -> WorkerClient:

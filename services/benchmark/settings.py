@@ -20,6 +20,11 @@ class BenchmarkSettings(ServerSettings):
     )
     worker_timeout_s: float = Field(60.0, description="Deadline of each inference call to a worker.")
     registry_timeout_s: float = Field(10.0, description="Deadline of each call to the registry.")
+    dataset_dirs: list[str] = Field(
+        default_factory=list,
+        description="Directories `beir:PATH` suites may read from (JSON list in the environment); "
+        "a path outside them is refused, and with none configured BEIR suites are refused.",
+    )
     stage_timeout_s: float = Field(
         300.0,
         description="How long a staged (weight-0) version may take to load on every live worker "

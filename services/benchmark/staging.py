@@ -13,23 +13,20 @@ from grpc import aio
 from modelyard.api import registry_pb2, registry_pb2_grpc
 from modelyard.benchmark.registry_store import registry_failure
 from modelyard.benchmark.runner import WorkerInfo
-from modelyard.common.errors import FailedPrecondition, Unavailable
+from modelyard.common.errors import FailedPrecondition
 from modelyard.common.log import event
 
 log = logging.getLogger("modelyard.benchmark")
 
-# SetRoutes with expected_revision refuses when someone else changed the routes in between.
-_ROUTE_RETRIES = 5
-
 
 class RegistryVersionStager:
-    """Stages a version on a deployment at weight 0 (existing weights kept), waits until every live
-    worker reports it loaded (GetRolloutStatus), and removes that route again afterwards.
+    """Stages a version on a deployment at weight 0 (StageVersion: other routes untouched), waits
+    until every live worker reports it loaded (GetRolloutStatus), and removes that route again
+    afterwards (UnstageVersion, which never touches a route with traffic). Those two RPCs are all
+    the benchmark's token may change in a deployment.
 
     Concurrent runs staging the same version share one staged route (counted); the route goes
-    when the last of them unstages. A version that some route already names is never touched.
-    Unstaging removes only the weight-0 route it added, re-reading the deployment first, so route
-    changes others made meanwhile survive (and a version since given traffic keeps its route)."""
+    when the last of them unstages. A version that some route already names is never touched."""
 
     def __init__(
         self,
@@ -46,14 +43,14 @@ class RegistryVersionStager:
         self._lock = asyncio.Lock()
         self._staged: Counter[tuple[str, str]] = Counter()
 
-    async def stage(self, deployment: str, version: str) -> None:
+    async def stage(self, deployment: str, version: str, *, reason: str = "") -> None:
         key = (deployment, version)
         async with self._lock:
             current = await self._deployment(deployment)
             if self._staged[key] > 0 or not any(r.version == version for r in current.routes):
                 revision = current.revision
                 if self._staged[key] == 0:
-                    revision = await self._add_staged_route(deployment, version)
+                    revision = await self._add_staged_route(deployment, version, reason)
                 self._staged[key] += 1
                 ours = True
             else:  # routed by someone else: load it if needed, but it is not ours to remove
@@ -74,41 +71,30 @@ class RegistryVersionStager:
             if self._staged[key] > 0:
                 return
             del self._staged[key]
-            for _ in range(_ROUTE_RETRIES):
-                current = await self._deployment(deployment)
-                kept = [r for r in current.routes if not (r.version == version and r.weight == 0)]
-                if len(kept) == len(current.routes):
-                    return  # no longer staged: someone gave it traffic or removed it
-                if await self._set_routes(current, kept, f"benchmark: unstage {version}"):
-                    event(log, "version.unstaged", deployment=deployment, version=version)
-                    return
-            raise Unavailable(f"could not unstage {version} from {deployment}: its routes keep changing")
+            try:
+                await self._stub.UnstageVersion(
+                    registry_pb2.UnstageVersionRequest(
+                        name=deployment, version=version, reason=f"benchmark: unstage {version}"
+                    ),
+                    timeout=self.timeout_s,
+                )
+            except aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    return  # someone gave it traffic meanwhile: no longer ours to remove
+                raise registry_failure(error, "UnstageVersion") from None
+            event(log, "version.unstaged", deployment=deployment, version=version)
 
-    async def _add_staged_route(self, deployment: str, version: str) -> int:
-        for _ in range(_ROUTE_RETRIES):
-            current = await self._deployment(deployment)
-            routes = [*current.routes, registry_pb2.Route(version=version, weight=0)]
-            updated = await self._set_routes(current, routes, f"benchmark: stage {version} at weight 0")
-            if updated:
-                event(log, "version.staged", deployment=deployment, version=version, revision=updated)
-                return updated
-        raise Unavailable(f"could not stage {version} on {deployment}: its routes keep changing")
-
-    async def _set_routes(
-        self, current: registry_pb2.Deployment, routes: list[registry_pb2.Route], reason: str
-    ) -> int:
-        """The new revision, or 0 when another change got in first (re-read and retry)."""
+    async def _add_staged_route(self, deployment: str, version: str, reason: str) -> int:
         try:
-            updated = await self._stub.SetRoutes(
-                registry_pb2.SetRoutesRequest(
-                    name=current.name, routes=routes, expected_revision=current.revision, reason=reason
+            updated = await self._stub.StageVersion(
+                registry_pb2.StageVersionRequest(
+                    name=deployment, version=version, reason=reason or f"benchmark: stage {version}"
                 ),
                 timeout=self.timeout_s,
             )
         except aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.FAILED_PRECONDITION and "re-read" in (error.details() or ""):
-                return 0
-            raise registry_failure(error, "SetRoutes") from None
+            raise registry_failure(error, "StageVersion") from None
+        event(log, "version.staged", deployment=deployment, version=version, revision=updated.revision)
         return int(updated.revision)
 
     async def _deployment(self, name: str) -> registry_pb2.Deployment:

@@ -12,6 +12,7 @@ import click
 
 from modelyard.api import benchmark_pb2 as bpb
 from modelyard.api import registry_pb2 as rpb
+from modelyard.cli import files
 from modelyard.cli.context import CliContext, get_context, to_jsonable
 from modelyard.cli.errors import EXIT_FAILED, CliError, UsageError
 from modelyard.cli.output import json_option, number, table, when
@@ -347,7 +348,11 @@ def export_run(run: rpb.BenchmarkRun, fmt: str) -> str:
 @click.argument("run_id")
 @click.argument("candidate_run_id", required=False)
 @click.option(
-    "--format", "fmt", type=click.Choice(["json", "csv", "markdown"]), default="markdown", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "csv", "markdown"]),
+    default=None,
+    help="Default: markdown, or json with --json.",
 )
 @click.option(
     "-o",
@@ -357,18 +362,27 @@ def export_run(run: rpb.BenchmarkRun, fmt: str) -> str:
     help="File; default stdout.",
 )
 @_with_compare_options
+@json_option
 def export_cmd(
     run_id: str,
     candidate_run_id: str | None,
-    fmt: str,
+    fmt: str | None,
     output: Path | None,
     model_id: str | None,
     suite: str,
     resamples: int,
     seed: int,
 ) -> None:
-    """Export one run, or the comparison of RUN_ID (baseline) with CANDIDATE_RUN_ID."""
+    """Export one run, or the comparison of RUN_ID (baseline) with CANDIDATE_RUN_ID.
+
+    --json is --format json; with -o FILE, stdout then gets {"output": FILE, "bytes": N}.
+    """
     ctx = get_context()
+    if ctx.json and fmt not in (None, "json"):
+        raise UsageError(f"--json asks for JSON and --format {fmt} for {fmt}; give one of them")
+    fmt = fmt or ("json" if ctx.json else "markdown")
+    if output is not None:
+        files.check_writable(output, "export file")
     if candidate_run_id:
         text = _compare(ctx, run_id, candidate_run_id, model_id, suite, fmt, resamples, seed).export
     else:
@@ -382,6 +396,9 @@ def export_cmd(
         text = export_run(run, fmt)
     if output is None:
         click.echo(text.rstrip("\n"))
+        return
+    files.write_text(output, text, "export file")
+    if ctx.json:
+        ctx.emit_json({"output": str(output), "bytes": len(text.encode())})
     else:
-        output.write_text(text, encoding="utf-8")
         click.echo(f"wrote {output}", err=True)

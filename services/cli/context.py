@@ -52,6 +52,8 @@ class CliContext:
     json: bool = False
     token: str | None = None
     timeout_s: float = 10.0
+    # Set by `modelyard up` for its own calls (its token and CA); otherwise built from the options.
+    client: ClientSettings | None = None
     out: Console = field(default_factory=lambda: _console(False))
     err: Console = field(default_factory=lambda: _console(True))
 
@@ -61,6 +63,8 @@ class CliContext:
         return self.err.is_terminal and not self.json
 
     def client_settings(self) -> ClientSettings:
+        if self.client is not None:
+            return self.client
         settings = ClientSettings(timeout_s=self.timeout_s)
         if self.token:
             settings.token = self.token

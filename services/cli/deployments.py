@@ -41,7 +41,7 @@ def deployments() -> None:
 async def wait_for_rollout(
     stub: Stub, deployment: str, revision: int, wait_s: float, timeout_s: float
 ) -> rpb.RolloutStatus:
-    """Wait until every live worker of `deployment` applied `revision` (or `wait_s` ran out)."""
+    """Wait until every worker of `deployment` applied `revision` and none is lost (or `wait_s` ran out)."""
     deadline = time.monotonic() + wait_s
     while True:
         left = max(0.0, deadline - time.monotonic())
@@ -60,7 +60,9 @@ def rollout_text(status: rpb.RolloutStatus) -> str:
     if status.converged:
         return f"converged on revision {status.revision} ({len(status.workers)} worker(s))"
     lagging = [
-        f"{w.worker_id} at revision {w.revision}" + (f" ({w.detail})" if w.detail else "")
+        f"{w.worker_id} {w.detail}"  # "w2 lost: no heartbeat for 42 s"
+        if w.lost
+        else f"{w.worker_id} at revision {w.revision}" + (f" ({w.detail})" if w.detail else "")
         for w in status.workers
         if not w.converged
     ]
@@ -360,17 +362,22 @@ def status_cmd(name: str, wait: bool, wait_timeout: float) -> None:
     """Routes, rollout state and every worker serving NAME (with --wait: until converged)."""
     ctx = get_context()
 
-    async def call(stub: Stub) -> tuple[rpb.Deployment, rpb.RolloutStatus, rpb.ListWorkersResponse]:
+    async def call(stub: Stub) -> tuple[rpb.Deployment, rpb.RolloutStatus, list[rpb.WorkerStatus]]:
         d = await stub.GetDeployment(rpb.GetDeploymentRequest(name=name), timeout=ctx.timeout_s)
         wait_s = wait_timeout if wait else 0.0
         rollout = await wait_for_rollout(stub, name, d.revision, wait_s, ctx.timeout_s)
-        workers = await stub.ListWorkers(rpb.ListWorkersRequest(deployment=name), timeout=ctx.timeout_s)
+        listed = await stub.ListWorkers(
+            rpb.ListWorkersRequest(deployment=name, include_stale=True), timeout=ctx.timeout_s
+        )
+        # Live workers, and the silent ones the rollout counts as lost; not every worker ever seen.
+        lost = {w.worker_id for w in rollout.workers if w.lost}
+        workers = [w for w in listed.workers if w.live or w.worker_id in lost]
         return d, rollout, workers
 
     with spinner(ctx, f"reading {name}"):
         d, rollout, workers = ctx.registry_call(call)
     if ctx.json:
-        ctx.emit_json({"deployment": d, "rollout": rollout, "workers": list(workers.workers)})
+        ctx.emit_json({"deployment": d, "rollout": rollout, "workers": workers})
     else:
         key_values(
             ctx,
@@ -386,18 +393,15 @@ def status_cmd(name: str, wait: bool, wait_timeout: float) -> None:
         )
         rollouts = {w.worker_id: w for w in rollout.workers}
         rows = []
-        for w in workers.workers:
+        for w in workers:
             served = next((s for s in w.deployments if s.deployment == name), None)
-            versions = ", ".join(
-                f"{v.version} {version_state_name(v.state)}" + (f" ({v.last_error})" if v.last_error else "")
-                for v in (served.versions if served else [])
-            )
+            versions = ", ".join(_loaded_version_text(v) for v in (served.versions if served else []))
             r = rollouts.get(w.worker_id)
             rows.append(
                 (
                     w.worker_id,
                     w.address,
-                    w.state,
+                    "lost" if r and r.lost else w.state + (" (fallback)" if w.fallback else ""),
                     served.revision if served else "-",
                     "yes" if r and r.converged else "no",
                     versions or "-",
@@ -407,6 +411,16 @@ def status_cmd(name: str, wait: bool, wait_timeout: float) -> None:
         table(ctx, ["worker", "address", "state", "revision", "converged", "versions", "last seen"], rows)
     if wait and not rollout.converged:
         raise CliError(f"{name}: {rollout_text(rollout)} after {wait_timeout:g} s", EXIT_FAILED)
+
+
+def _loaded_version_text(v: rpb.LoadedVersion) -> str:
+    """`2.0.0 FAILED (error) attempt 3, next at 2030-01-01 12:00:05`; attempts only once retried."""
+    text = f"{v.version} {version_state_name(v.state)}" + (f" ({v.last_error})" if v.last_error else "")
+    if v.attempts > 1:
+        text += f" attempt {v.attempts}"
+    if v.HasField("next_attempt_at"):
+        text += f", next at {when(v.next_attempt_at)}"
+    return text
 
 
 @deployments.command("history")

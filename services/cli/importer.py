@@ -6,7 +6,6 @@ Shared by `modelyard models import` and the seeding of `modelyard up`.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,22 +18,16 @@ import grpc
 from modelyard.api import registry_pb2 as rpb
 from modelyard.cli.errors import EXIT_REFUSED, CliError, UsageError
 
+# One definition of the default store: the artifact roots default to it too.
+from modelyard.common.artifact_roots import ARTIFACT_STORE_ENV, default_artifact_store  # noqa: F401
+
 if TYPE_CHECKING:
     from modelyard.api.registry_pb2_grpc import RegistryServiceAsyncStub as Stub
 
-ARTIFACT_STORE_ENV = "MODELYARD_ARTIFACT_STORE"
 _CHUNK = 1 << 20
 
 # (bytes done, bytes total)
 CopyProgress = Callable[[int, int], None]
-
-
-def default_artifact_store() -> str:
-    """`MODELYARD_ARTIFACT_STORE` (any fsspec URL or path), else a local directory."""
-    configured = os.environ.get(ARTIFACT_STORE_ENV)
-    if configured:
-        return configured
-    return str(Path.home() / ".local" / "share" / "modelyard" / "artifacts")
 
 
 def artifact_files(source: Path) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -85,6 +86,16 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("error: interrupted", err=True)
         sys.exit(130)
     except BrokenPipeError:
+        sys.exit(EXIT_FAILED)
+    except Exception as error:
+        # The promise is one line and no traceback, bugs included; MODELYARD_DEBUG=1 shows it.
+        if os.environ.get("MODELYARD_DEBUG"):
+            raise
+        detail = " ".join(str(error).split()) or "no details"
+        click.echo(
+            f"error: unexpected {type(error).__name__}: {detail} (set MODELYARD_DEBUG=1 for the traceback)",
+            err=True,
+        )
         sys.exit(EXIT_FAILED)
     # `--help`, `--version` and commands that call ctx.exit() come back as an int.
     sys.exit(code if isinstance(code, int) else 0)

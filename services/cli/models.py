@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from modelyard.api import registry_pb2 as rpb
-from modelyard.cli import importer
+from modelyard.cli import files, importer
 from modelyard.cli.context import get_context
 from modelyard.cli.errors import EXIT_FAILED, CliError, UsageError
 from modelyard.cli.output import (
@@ -215,9 +215,7 @@ def import_cmd(
         importer.check_loader(loader)
     size = importer.artifact_size(source)
     with spinner(ctx, f"hashing {source} ({size / 1e6:.1f} MB)"):
-        from modelyard.inference.artifacts import checkpoint_hash
-
-        checkpoint = checkpoint_hash(source)
+        checkpoint = _checkpoint_hash(source)
     ctx.say(f"checkpoint  sha256 {checkpoint} ({size / 1e6:.1f} MB)")
     if found is not None:
         if importer.same_registration(found, draft, checkpoint):
@@ -253,16 +251,25 @@ def import_cmd(
         )
 
 
+def _checkpoint_hash(path: Path) -> str:
+    """The hash workers verify; an artifact they would refuse (a symlink out of it) is a usage error."""
+    from modelyard.inference.artifacts import checkpoint_hash
+    from modelyard.inference.errors import ArtifactRefused
+
+    try:
+        return checkpoint_hash(path)
+    except ArtifactRefused as refused:
+        raise UsageError(refused.message) from None
+
+
 @models.command("hash")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @json_option
 def hash_cmd(path: Path) -> None:
     """Print the checkpoint hash of a file or directory (what the registry and workers verify)."""
-    from modelyard.inference.artifacts import checkpoint_hash
-
     ctx = get_context()
     with spinner(ctx, f"hashing {path}"):
-        digest = checkpoint_hash(path)
+        digest = _checkpoint_hash(path)
     if ctx.json:
         ctx.emit_json({"path": str(path), "checkpoint_hash": digest})
     else:
@@ -505,16 +512,26 @@ def cleanup_cmd(model_id: str, keep_last: int, dry_run: bool, skip_in_use: bool,
 
 @models.command("export")
 @click.argument("output", type=click.Path(dir_okay=False, allow_dash=True), default="-")
+@json_option
 def export_cmd(output: str) -> None:
-    """Export the whole registry as JSON to OUTPUT (default stdout)."""
+    """Export the whole registry as JSON to OUTPUT (default stdout).
+
+    The export is JSON either way; with --json and an OUTPUT file, stdout gets
+    {"output": OUTPUT, "bytes": N} instead of the line on stderr.
+    """
     ctx = get_context()
+    if output != "-":
+        files.check_writable(output, "export file")
     exported = ctx.registry_call(
         lambda stub: stub.ExportRegistry(rpb.ExportRegistryRequest(), timeout=ctx.timeout_s)
     )
     if output == "-":
         sys.stdout.write(exported.json + "\n")
+        return
+    files.write_text(output, exported.json + "\n", "export file")
+    if ctx.json:
+        ctx.emit_json({"output": output, "bytes": len(exported.json.encode()) + 1})
     else:
-        Path(output).write_text(exported.json + "\n", encoding="utf-8")
         click.echo(f"exported the registry to {output}", err=True)
 
 
@@ -524,7 +541,8 @@ def export_cmd(output: str) -> None:
 def import_registry_cmd(source: str) -> None:
     """Import a registry export (existing identical entries are left as they are)."""
     ctx = get_context()
-    document = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    # Read and parsed here, so a file that is no export fails before anything is sent.
+    document, _ = files.read_json(source, "registry export")
     result = ctx.registry_call(
         lambda stub: stub.ImportRegistry(
             rpb.ImportRegistryRequest(json=document), timeout=max(ctx.timeout_s, 60)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.cli.errors import CliError
+from modelyard.cli.stack_security import StackSecurity, without_secrets
 
 _STARTED = re.compile(r"server\.started component=(\S+) address=(\S+) metrics_port=(\S+)")
 _PR_SET_PDEATHSIG = 1
@@ -218,8 +219,10 @@ class StackLayout:
     cache_dir: Path = field(init=False)
     logs_dir: Path = field(init=False)
     tiny_dir: Path = field(init=False)
+    datasets_dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
+        self.datasets_dir = self.data_dir / "datasets"
         self.registry_dir = self.data_dir / "registry"
         self.cache_dir = self.data_dir / "cache"
         self.logs_dir = self.data_dir / "logs"
@@ -233,15 +236,29 @@ class StackLayout:
 class Stack:
     """Starts the services in dependency order and stops them in reverse; never leaves one running."""
 
-    def __init__(self, layout: StackLayout, deployments: Sequence[str]) -> None:
+    def __init__(
+        self, layout: StackLayout, deployments: Sequence[str], security: StackSecurity | None = None
+    ) -> None:
         self.layout = layout
         self.deployments = list(deployments)
+        self.security = security or StackSecurity()
         self.registry: ServiceProcess | None = None
         self.benchmark: ServiceProcess | None = None
         self.workers: list[tuple[str, ServiceProcess]] = []
-        self.env = child_env()
+        # Each child gets only its own credentials (see stack_security), never `up`'s.
+        self.env = without_secrets(child_env())
         # `server.started` (INFO) is how `up` learns each address; the logs go to files anyway.
         self.env["MODELYARD_LOG_LEVEL"] = "INFO"
+        for _, name in self.worker_names():
+            self.security.worker_token(name)  # known to the registry before the workers start
+
+    def worker_names(self) -> list[tuple[str, str]]:
+        """(deployment, worker name) of every worker this stack runs."""
+        return [
+            (deployment, f"{deployment}-{index}")
+            for deployment in self.deployments
+            for index in range(1, (self.layout.text_workers if deployment == "text-embedding" else 1) + 1)
+        ]
 
     def _server_args(self, port: int) -> list[str]:
         return ["--host", self.layout.host, "--port", str(port), "--metrics-port", "0"]
@@ -265,7 +282,7 @@ class Stack:
                 str(layout.registry_dir),
             ],
             layout.logs_dir / "registry.log",
-            self.env,
+            {**self.env, **self.security.registry_env()},
         )
         self.registry.wait_started(timeout_s)
         return self.registry
@@ -273,30 +290,28 @@ class Stack:
     def start_workers_and_benchmark(self) -> None:
         assert self.registry is not None
         layout = self.layout
-        for deployment in self.deployments:
-            count = layout.text_workers if deployment == "text-embedding" else 1
-            for index in range(1, count + 1):
-                name = f"{deployment}-{index}"
-                worker = ServiceProcess(
-                    f"worker {name}",
-                    [
-                        "-m",
-                        "modelyard.inference",
-                        "--registry",
-                        self.registry.address,
-                        "--deployment",
-                        deployment,
-                        *self._server_args(0),
-                        "--cache-dir",
-                        # One cache per worker: the worker's ArtifactCache locks per process only.
-                        str(layout.cache_dir / name),
-                        "--worker-id",
-                        name,
-                    ],
-                    layout.logs_dir / f"worker-{name}.log",
-                    self.env,
-                )
-                self.workers.append((deployment, worker))
+        for deployment, name in self.worker_names():
+            worker = ServiceProcess(
+                f"worker {name}",
+                [
+                    "-m",
+                    "modelyard.inference",
+                    "--registry",
+                    self.registry.address,
+                    "--deployment",
+                    deployment,
+                    *self._server_args(0),
+                    "--cache-dir",
+                    # One cache per worker: evicting by size only knows its own routes (see artifacts.py).
+                    str(layout.cache_dir / name),
+                    "--worker-id",
+                    name,
+                ],
+                layout.logs_dir / f"worker-{name}.log",
+                {**self.env, **self.security.worker_env(name)},
+            )
+            self.workers.append((deployment, worker))
+        layout.datasets_dir.mkdir(parents=True, exist_ok=True)
         self.benchmark = ServiceProcess(
             "benchmark",
             [
@@ -305,9 +320,11 @@ class Stack:
                 "--registry",
                 self.registry.address,
                 *self._server_args(layout.benchmark_port),
+                "--dataset-dir",
+                str(layout.datasets_dir),
             ],
             layout.logs_dir / "benchmark.log",
-            self.env,
+            {**self.env, **self.security.benchmark_env()},
         )
 
     def wait_all_started(self, timeout_s: float = 180) -> None:
@@ -332,6 +349,7 @@ class Stack:
             "benchmark": self.benchmark.describe() if self.benchmark else None,
             "workers": [{"deployment": d, **w.describe()} for d, w in self.workers],
             "logs": str(self.layout.logs_dir),
+            **self.security.describe(),
         }
 
     def write_state(self) -> None:

@@ -18,9 +18,11 @@ from modelyard.cli import importer
 from modelyard.cli.context import CliContext, get_context
 from modelyard.cli.deployments import rollout_text, wait_for_rollout
 from modelyard.cli.errors import EXIT_FAILED, CliError, UsageError
-from modelyard.cli.output import routes_text, table
+from modelyard.cli.output import json_option, routes_text, table
 from modelyard.cli.progress import spinner
 from modelyard.cli.stack import SEEDS, TINY_LABEL, TINY_TAGS, TINY_TEXT_SEED, Seed, Stack, StackLayout
+from modelyard.cli.stack_security import prepare_security
+from modelyard.common.artifact_roots import ARTIFACT_ROOTS_ENV, roots_with_store
 
 if TYPE_CHECKING:
     from modelyard.api.registry_pb2_grpc import RegistryServiceAsyncStub as Stub
@@ -178,12 +180,25 @@ def _print_endpoints(ctx: CliContext, stack: Stack) -> None:
     "--tiny-text", is_flag=True, help="Seed text-embedding with a tiny demo model instead of MiniLM."
 )
 @click.option(
+    "--tls",
+    is_flag=True,
+    help="TLS on every server and client: a private CA and a localhost certificate made in "
+    "DATA_DIR/tls (or your own: MODELYARD_TLS_CERT_FILE, MODELYARD_TLS_KEY_FILE, MODELYARD_TLS_CA_FILE).",
+)
+@click.option(
+    "--auth",
+    is_flag=True,
+    help="Bearer tokens on every call: admin and reader tokens made in DATA_DIR/credentials unless "
+    "MODELYARD_ADMIN_TOKENS / MODELYARD_READER_TOKENS are set (which turn auth on by themselves).",
+)
+@click.option(
     "--ready-timeout",
     type=click.FloatRange(min=1),
     default=300,
     show_default=True,
     help="Seconds to wait for every worker to load its models.",
 )
+@json_option
 def up(
     data_dir: Path | None,
     registry_port: int,
@@ -191,6 +206,8 @@ def up(
     text_workers: int,
     skip_seed: tuple[str, ...],
     tiny_text: bool,
+    tls: bool,
+    auth: bool,
     ready_timeout: float,
 ) -> None:
     """Start the registry (embedded PostgreSQL), one worker per model type and the benchmark
@@ -217,7 +234,11 @@ def up(
             )
     seeds = [TINY_TEXT_SEED if (s.deployment == "text-embedding" and tiny_text) else s for s in SEEDS]
     store_url = os.environ.get(importer.ARTIFACT_STORE_ENV) or str(data_dir / "artifacts")
-    stack = Stack(layout, [s.deployment for s in seeds])
+    security = prepare_security(data_dir, os.environ, tls=tls, auth=auth, host=layout.host)
+    stack = Stack(layout, [s.deployment for s in seeds], security)
+    # The registry and workers accept the stack's artifact store, besides any roots configured already.
+    stack.env[ARTIFACT_ROOTS_ENV] = roots_with_store(stack.env.get(ARTIFACT_ROOTS_ENV, ""), store_url)
+    ctx.client = security.up_client(ctx.timeout_s)
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     ctx.registry = ""
     started = time.perf_counter()
@@ -239,10 +260,14 @@ def up(
             stack.wait_all_started()
         _wait_ready(ctx, stack, ready_timeout)
         stack.write_state()
+        client_env = write_client_env(stack)
         if ctx.json:
             ctx.emit_json(stack.describe())
         else:
             _print_endpoints(ctx, stack)
+            if security.tls or security.auth:
+                ctx.say(f"TLS {'on' if security.tls else 'off'}, tokens {'on' if security.auth else 'off'}; "
+                        f"for the CLI: set -a; . {client_env}; set +a")  # fmt: skip
             ctx.say(
                 f"modelyard is up in {time.perf_counter() - started:.1f} s; logs in {layout.logs_dir}. "
                 "Ctrl-C or SIGTERM stops everything."
@@ -256,6 +281,25 @@ def up(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     ctx.say("stopped")
+
+
+def write_client_env(stack: Stack) -> Path:
+    """DATA_DIR/client.env (0600): what a CLI or client needs to reach this stack. It names the
+    generated admin token only when `up` made it (your own tokens stay where you keep them)."""
+    security = stack.security
+    lines = [
+        f"MODELYARD_REGISTRY_ADDRESS={stack.registry.address if stack.registry else ''}",
+        f"MODELYARD_BENCHMARK_ADDRESS={stack.benchmark.address if stack.benchmark else ''}",
+    ]
+    if security.tls is not None:
+        lines += ["MODELYARD_TLS=true", f"MODELYARD_TLS_CA_FILE={security.tls.ca_file}"]
+    if "admin" in security.generated:
+        lines.append(f"MODELYARD_TOKEN={security.generated['admin'].read_text(encoding='utf-8').strip()}")
+    path = stack.layout.data_dir / "client.env"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return path
 
 
 def _alive(pid: int) -> bool:

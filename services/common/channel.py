@@ -12,34 +12,58 @@ from grpc import aio
 from modelyard.common.settings import ClientSettings
 
 
-class _AuthMetadata(
-    aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
-):
-    def __init__(self, token: str) -> None:
-        self._header = ("authorization", f"Bearer {token}")
+def _with_auth(details: aio.ClientCallDetails, header: tuple[str, str]) -> aio.ClientCallDetails:
+    metadata: Any = [*(details.metadata or ()), header]
+    return aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
 
-    def _with_auth(self, details: aio.ClientCallDetails) -> aio.ClientCallDetails:
-        metadata: Any = list(details.metadata or [])
-        metadata.append(self._header)
-        return aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
 
-    async def intercept_unary_unary(
+class _AuthInterceptor:
+    """Adds `header` to a call's metadata; the same for every call kind."""
+
+    def __init__(self, header: tuple[str, str]) -> None:
+        self._header = header
+
+    async def _intercept(
         self, continuation: Callable[..., Any], client_call_details: aio.ClientCallDetails, request: Any
     ) -> Any:
-        return await continuation(self._with_auth(client_call_details), request)
+        return await continuation(_with_auth(client_call_details, self._header), request)
 
-    async def intercept_unary_stream(
-        self, continuation: Callable[..., Any], client_call_details: aio.ClientCallDetails, request: Any
-    ) -> Any:
-        return await continuation(self._with_auth(client_call_details), request)
+
+# grpc.aio files each interceptor under the first call kind it implements (an if/elif chain), so
+# one class implementing several kinds would only ever see unary-unary calls: streams then went out
+# without their token. One class per call kind.
+class _UnaryUnaryAuth(_AuthInterceptor, aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    intercept_unary_unary = _AuthInterceptor._intercept
+
+
+class _UnaryStreamAuth(_AuthInterceptor, aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    intercept_unary_stream = _AuthInterceptor._intercept
+
+
+class _StreamUnaryAuth(_AuthInterceptor, aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    intercept_stream_unary = _AuthInterceptor._intercept  # type: ignore[assignment]
+
+
+class _StreamStreamAuth(_AuthInterceptor, aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    intercept_stream_stream = _AuthInterceptor._intercept  # type: ignore[assignment]
+
+
+def auth_interceptors(token: str) -> list[Any]:
+    """Interceptors that put `authorization: Bearer <token>` on every call, whatever its kind."""
+    header = ("authorization", f"Bearer {token}")
+    return [
+        _UnaryUnaryAuth(header),
+        _UnaryStreamAuth(header),
+        _StreamUnaryAuth(header),
+        _StreamStreamAuth(header),
+    ]
 
 
 def open_channel(address: str, settings: ClientSettings | None = None) -> aio.Channel:
     settings = settings or ClientSettings()
-    options = [
+    options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ("grpc.enable_retries", 1),
@@ -47,9 +71,11 @@ def open_channel(address: str, settings: ClientSettings | None = None) -> aio.Ch
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
-    interceptors: Any = [_AuthMetadata(settings.token)] if settings.token else None
+    interceptors: Any = auth_interceptors(settings.token) if settings.token else None
     if not settings.tls:
         return aio.insecure_channel(address, options=options, interceptors=interceptors)
+    if settings.tls_server_name:
+        options.append(("grpc.ssl_target_name_override", settings.tls_server_name))
     creds = grpc.ssl_channel_credentials(
         root_certificates=_read(settings.tls_ca_file),
         private_key=_read(settings.tls_client_key_file),

@@ -7,14 +7,14 @@ import contextvars
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc import aio
 
 from modelyard.common import metrics
-from modelyard.common.auth import Principal, TokenAuthorizer
+from modelyard.common.auth import AccessPolicy, Principal, Role, TokenAuthorizer
 from modelyard.common.errors import ModelyardError
 from modelyard.common.log import event, request_id_var
 
@@ -45,7 +45,13 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, around: Around) -> grpc.R
 
         async def unary_stream(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
             async with around(method, context):
-                async for item in inner_us(request, context):
+                responses = inner_us(request, context)
+                if not hasattr(responses, "__aiter__"):
+                    # A handler that writes with `context.write()` (grpc.health's Watch) is a plain
+                    # coroutine, not an async generator.
+                    await responses
+                    return
+                async for item in responses:
                     yield item
 
         return grpc.unary_stream_rpc_method_handler(
@@ -114,7 +120,11 @@ class _RequestScope:
             if exc is None or isinstance(exc, aio.AbortError) or not isinstance(exc, Exception):
                 return
             if isinstance(exc, ModelyardError):
-                event(log, "rpc.error", method=self._method, code=exc.code.name, detail=exc.message)
+                # Refusals at capacity come by the thousand under a flood; the metrics count them.
+                level = logging.DEBUG if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED else logging.INFO
+                event(
+                    log, "rpc.error", level=level, method=self._method, code=exc.code.name, detail=exc.message
+                )
                 await self._context.abort(exc.code, exc.message)
             log.exception("rpc.unexpected", exc_info=exc, extra={"fields": {"method": self._method}})
             await self._context.abort(
@@ -150,22 +160,20 @@ class _PrincipalScope:
 
 
 class AuthInterceptor(_Interceptor):
-    """Checks bearer tokens when any are configured; `write_methods` need an admin token."""
+    """Checks bearer tokens when any are configured, and the caller's role against `policy`."""
 
-    def __init__(self, authorizer: TokenAuthorizer, write_methods: Collection[str]) -> None:
+    def __init__(self, authorizer: TokenAuthorizer, policy: AccessPolicy) -> None:
         super().__init__()
         self._authorizer = authorizer
-        self._write_methods = frozenset(write_methods)
+        self._policy = policy
 
     def around(self, method: str, context: aio.ServicerContext) -> _PrincipalScope:
         # Authorization errors raise here, inside the outer interceptors' scopes, as before.
         if not self._authorizer.enabled or method.startswith(_OPEN_SERVICES):
-            principal = Principal(name=_metadata(context, "x-modelyard-actor") or "anonymous", admin=True)
+            principal = Principal(_metadata(context, "x-modelyard-actor") or "anonymous", Role.ADMIN)
         else:
-            principal = self._authorizer.authorize(
-                _metadata(context, "authorization"),
-                write=method.rsplit("/", 1)[-1] in self._write_methods,
-            )
+            principal = self._authorizer.authenticate(_metadata(context, "authorization"))
+            self._authorizer.authorize(principal, method.rsplit("/", 1)[-1], self._policy)
         return _PrincipalScope(principal)
 
 

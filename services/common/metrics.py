@@ -1,11 +1,16 @@
-"""Prometheus metrics shared by every server, and the /metrics HTTP endpoint."""
+"""Prometheus metrics shared by every server, and the HTTP endpoint serving /metrics and the
+plain-HTTP health checks /livez and /readyz."""
 
 from __future__ import annotations
 
+import socket
 import threading
-from wsgiref.simple_server import WSGIServer
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import Histogram, start_http_server
+from prometheus_client import Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 RPC_DURATION = Histogram(
     "modelyard_rpc_duration_seconds",
@@ -15,15 +20,40 @@ RPC_DURATION = Histogram(
 )
 
 
-class MetricsEndpoint:
-    """The /metrics HTTP server of one process."""
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes and probes every few seconds are not worth a log line each."""
 
-    def __init__(self, host: str, port: int) -> None:
-        server, thread = start_http_server(port, addr=host)
-        self._server: WSGIServer = server
-        self._thread: threading.Thread = thread
-        self.port: int = server.server_address[1]
+
+class MetricsEndpoint:
+    """The HTTP server of one process: `/metrics` for Prometheus; `/livez` (200 while the process
+    answers) and `/readyz` (200 while its gRPC health is SERVING, else 503) for probes that cannot
+    speak gRPC over TLS, such as Kubernetes' native gRPC probe."""
+
+    def __init__(self, host: str, port: int, *, ready: Callable[[], bool] = lambda: True) -> None:
+        metrics = make_wsgi_app()
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path in ("/livez", "/readyz"):
+                ok = path == "/livez" or ready()
+                start_response(
+                    "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")]
+                )
+                return [b"ok\n" if ok else b"not serving\n"]
+            return metrics(environ, start_response)  # type: ignore[no-any-return]
+
+        server_class = type("Server", (ThreadingWSGIServer,), {"address_family": _family(host, port)})
+        self._server: WSGIServer = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+        self._thread.start()
+        self.port: int = self._server.server_address[1]
 
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def _family(host: str, port: int) -> socket.AddressFamily:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    return infos[0][0]

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import signal
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -15,7 +16,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from modelyard.common.auth import TokenAuthorizer
+from modelyard.common.auth import AccessPolicy, TokenAuthorizer
 from modelyard.common.interceptors import AuthInterceptor, ErrorMappingInterceptor, MetricsInterceptor
 from modelyard.common.log import event
 from modelyard.common.metrics import MetricsEndpoint
@@ -40,6 +41,21 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
     )
 
 
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (`localhost`, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def _host_part(host: str) -> str:
+    """An IPv6 literal in brackets, so `host:port` parses."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 class GrpcServer:
     """One running gRPC server with health, reflection, auth and metrics wired in."""
 
@@ -50,12 +66,12 @@ class GrpcServer:
         component: str,
         service_names: Sequence[str],
         register: Callable[[aio.Server], None],
-        write_methods: Collection[str] = (),
+        policy: AccessPolicy,
     ) -> None:
         self.settings = settings
         self.component = component
         self.service_names = list(service_names)
-        authorizer = TokenAuthorizer(settings.admin_tokens, settings.reader_tokens)
+        authorizer = TokenAuthorizer(settings.tokens())
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -69,7 +85,7 @@ class GrpcServer:
             interceptors=[
                 ErrorMappingInterceptor(),
                 MetricsInterceptor(component),
-                AuthInterceptor(authorizer, write_methods),
+                AuthInterceptor(authorizer, policy),
             ],
             options=options,
         )
@@ -79,7 +95,7 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        address = f"{settings.host}:{settings.port}"
+        address = f"{_host_part(settings.host)}:{settings.port}"
         creds = server_credentials(settings)
         if creds is None:
             self.port = self.server.add_insecure_port(address)
@@ -87,16 +103,30 @@ class GrpcServer:
             self.port = self.server.add_secure_port(address, creds)
         if self.port == 0:
             raise OSError(f"cannot bind gRPC port {address}: address in use or not available")
+        if creds is None and not is_loopback(settings.host):
+            event(
+                log,
+                "server.plaintext",
+                level=logging.WARNING,
+                component=component,
+                address=address,
+                detail="listening beyond this machine without TLS: "
+                + ("bearer tokens and " if authorizer.enabled else "")
+                + "requests travel in clear text; set MODELYARD_TLS_CERT_FILE and MODELYARD_TLS_KEY_FILE",
+            )
         self.metrics: MetricsEndpoint | None = None
+        self._serving = False
 
     @property
     def address(self) -> str:
-        return f"{self.settings.host}:{self.port}"
+        return f"{_host_part(self.settings.host)}:{self.port}"
 
     async def start(self) -> None:
         await self.server.start()
         if self.settings.metrics_port is not None:
-            self.metrics = MetricsEndpoint(self.settings.host, self.settings.metrics_port)
+            self.metrics = MetricsEndpoint(
+                self.settings.host, self.settings.metrics_port, ready=lambda: self._serving
+            )
         event(
             log,
             "server.started",
@@ -106,6 +136,7 @@ class GrpcServer:
         )
 
     async def set_serving(self, serving: bool) -> None:
+        self._serving = serving
         status = SERVING if serving else NOT_SERVING
         await self.health.set("", status)
         for name in self.service_names:
@@ -113,6 +144,7 @@ class GrpcServer:
 
     async def stop(self) -> None:
         """Refuse new calls, let running ones finish within the grace period, then close."""
+        self._serving = False
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_period_s)
         if self.metrics is not None:

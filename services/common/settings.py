@@ -5,10 +5,14 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from modelyard.common.auth import Role
+
 
 def _global(name: str) -> AliasChoices:
-    # Security and logging settings are the same for every service of one installation.
-    return AliasChoices(name, f"MODELYARD_{name.upper()}")
+    # Security and logging settings are the same for every service of one installation, so they
+    # are read from MODELYARD_<NAME> whatever the service's own prefix; never from a bare <NAME>
+    # (platforms set DATABASE_URL, LOG_LEVEL and the like for their own purposes).
+    return AliasChoices(f"MODELYARD_{name.upper()}")
 
 
 class ServerSettings(BaseSettings):
@@ -40,18 +44,35 @@ class ServerSettings(BaseSettings):
     admin_tokens: str = Field(
         "",
         validation_alias=_global("admin_tokens"),
-        description="Comma-separated `name:token` (or bare `token`) pairs allowed to change state.",
+        description="Tokens that may call everything: comma-separated `name:token` or "
+        "`name:sha256:HEX` verifiers (see modelyard.common.auth). Any token setting turns auth on.",
     )
     reader_tokens: str = Field(
+        "", validation_alias=_global("reader_tokens"), description="Tokens that may read."
+    )
+    worker_tokens: str = Field(
         "",
-        validation_alias=_global("reader_tokens"),
-        description="Comma-separated `name:token` pairs allowed to read; admin tokens read too.",
+        validation_alias=_global("worker_tokens"),
+        description="Tokens of inference workers: watch deployments, read, send heartbeats.",
+    )
+    benchmark_tokens: str = Field(
+        "",
+        validation_alias=_global("benchmark_tokens"),
+        description="Tokens of the benchmark service: read, stage versions at weight 0, record runs.",
     )
     max_message_bytes: int = Field(64 * 1024 * 1024, description="Largest gRPC message accepted or sent.")
     log_level: str = Field("INFO", validation_alias=_global("log_level"))
     log_format: str = Field(
         "text", validation_alias=_global("log_format"), description="`text` (key=value) or `json`."
     )
+
+    def tokens(self) -> dict[Role, str]:
+        return {
+            Role.ADMIN: self.admin_tokens,
+            Role.READER: self.reader_tokens,
+            Role.WORKER: self.worker_tokens,
+            Role.BENCHMARK: self.benchmark_tokens,
+        }
 
 
 class ClientSettings(BaseSettings):
@@ -62,6 +83,11 @@ class ClientSettings(BaseSettings):
     token: str | None = Field(None, description="Bearer token sent as `authorization` metadata.")
     tls: bool = Field(False, description="Use TLS towards the server.")
     tls_ca_file: str | None = Field(None, description="PEM CA bundle to verify the server with.")
+    tls_server_name: str | None = Field(
+        None,
+        description="Name to verify the server's certificate against instead of the address's host: "
+        "for servers reached by IP (workers advertise pod IPs) that share one certificate.",
+    )
     tls_client_cert_file: str | None = None
     tls_client_key_file: str | None = None
     timeout_s: float = Field(10.0, description="Deadline of each unary call.")

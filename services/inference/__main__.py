@@ -26,6 +26,12 @@ def parse_args(argv: list[str] | None = None) -> WorkerSettings:
     parser.add_argument("--instances", type=int, help="forward passes at once per version; 0 = auto")
     parser.add_argument("--decode-threads", type=int)
     parser.add_argument("--grace-period-s", type=float)
+    parser.add_argument(
+        "--allow-remote-code",
+        action="store_const",
+        const=True,
+        help="let versions that ask for trust_remote_code run code from their artifact (default: refused)",
+    )
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
     return WorkerSettings(**overrides)

@@ -14,6 +14,11 @@ items or `max_delay_ms`, run forward passes in an executor, scatter the rows bac
   more than one request, so a lone caller never pays it.
 - Solo lane: a lone request on an idle batcher runs on `solo_executor` when given (a thread using
   every core), so single-request latency is that of the widest pass.
+- Fair queueing by caller: a request starts at the later of the batcher's virtual time (the
+  latest start tag taken) and its caller's previous finish tag, and finishes its item count later;
+  passes take requests in finish-tag order. One caller alone is served in arrival order; a caller
+  whose requests are large or many runs its tags ahead, so a small request from a caller with
+  little queued goes into the next pass instead of waiting behind everybody else's.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import heapq
+import itertools
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -33,6 +39,9 @@ import numpy as np
 # A batch function takes the concatenated items and returns per-output arrays or lists of N rows.
 BatchFn = Callable[[list[Any]], dict[str, Any]]
 BatchObserver = Callable[[int], None]
+# Finish tags of callers are forgotten, once this many are kept, for those whose tag the virtual
+# time has passed: for them the virtual time is the start tag anyway.
+_TRACKED_CALLERS = 1024
 
 
 class _Pending:
@@ -79,7 +88,11 @@ class DynamicBatcher:
         self._on_batch = on_batch
         # Shared by the event loop (appends) and executor threads (takes), under `_lock`.
         self._lock = threading.Lock()
-        self._queue: deque[_Pending] = deque()
+        # A heap of (finish tag, arrival, start tag, request); see "Fair queueing" above.
+        self._queue: list[tuple[int, int, int, _Pending]] = []
+        self._arrivals = itertools.count()
+        self._vtime = 0  # the latest start tag taken
+        self._finish: dict[Hashable, int] = {}  # caller -> finish tag of its latest request
         self._queued_items = 0
         self._running = 0  # passes being formed or run, at most `instances`
         self._starting = False  # the event loop is forming a pass (at most one at a time)
@@ -90,8 +103,9 @@ class DynamicBatcher:
         self._starter: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
 
-    async def submit(self, items: list[Any]) -> tuple[dict[str, Any], float]:
-        """Return this request's rows of every output, and the seconds it waited in the queue."""
+    async def submit(self, items: list[Any], caller: Hashable = None) -> tuple[dict[str, Any], float]:
+        """Return this request's rows of every output, and the seconds it waited in the queue.
+        Requests of different `caller`s share the passes fairly (see the module docstring)."""
         if not items:
             raise ValueError("empty request")
         if len(items) > self.max_batch_size:
@@ -101,7 +115,12 @@ class DynamicBatcher:
         with self._lock:
             if self._closed:
                 raise RuntimeError("batcher closed")
-            self._queue.append(pending)
+            finish = self._finish
+            begins = max(self._vtime, finish.get(caller, 0))
+            if len(finish) >= _TRACKED_CALLERS and caller not in finish:
+                self._finish = finish = {c: tag for c, tag in finish.items() if tag > self._vtime}
+            finish[caller] = ends = begins + len(items)
+            heapq.heappush(self._queue, (ends, next(self._arrivals), begins, pending))
             self._queued_items += len(items)
             start = self._claim_instance()
         if start:
@@ -121,8 +140,10 @@ class DynamicBatcher:
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Form a pass for a free instance: under load, give company `max_delay_s` to arrive."""
-        if self._last_requests > 1 and self.max_delay_s > 0 and self._queue:
-            deadline = self._queue[0].enqueued + self.max_delay_s
+        if self._last_requests > 1 and self.max_delay_s > 0:
+            with self._lock:
+                oldest = min((entry[3].enqueued for entry in self._queue), default=0.0)
+            deadline = oldest + self.max_delay_s
             while self._queued_items < self._pass_items:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
@@ -146,16 +167,17 @@ class DynamicBatcher:
             timer.cancel()
 
     def _take(self) -> list[_Pending]:
-        """Pop the next batch in arrival order (callers that went away are dropped). Hold `_lock`.
+        """Pop the next batch in finish-tag order (callers that went away are dropped). Hold `_lock`.
         An empty batch gives the instance back."""
         queue = self._queue
         batch: list[_Pending] = []
         count = 0
         while queue and not self._closed:
-            size = len(queue[0].items)
+            size = len(queue[0][3].items)
             if batch and count + size > self._pass_items:
-                break  # it starts the next batch, keeping arrival order
-            pending = queue.popleft()
+                break  # it starts the next batch, keeping tag order
+            _, _, begins, pending = heapq.heappop(queue)
+            self._vtime = max(self._vtime, begins)
             self._queued_items -= size
             if not pending.future.done():
                 batch.append(pending)
@@ -206,7 +228,7 @@ class DynamicBatcher:
     async def close(self) -> None:
         with self._lock:
             self._closed = True
-            queued = list(self._queue)
+            queued = [entry[3] for entry in self._queue]
             self._queue.clear()
             self._queued_items = 0
         if self._starter is not None and not self._starter.done():

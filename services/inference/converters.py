@@ -176,3 +176,51 @@ def deployment_from_registry(message: registry_pb2.Deployment) -> DeploymentSpec
         versions=tuple(version_from_registry(v) for v in message.versions),
         revision=message.revision,
     )
+
+
+# The reverse direction exists for one reader: the worker's own record of what it applied
+# (`applied_state`), which must read back into specs equal to those the registry sent.
+def signature_to_registry(signature: ModelSignature | None) -> registry_pb2.Signature:
+    if signature is None:
+        return registry_pb2.Signature()
+    return registry_pb2.Signature(
+        inputs=[
+            registry_pb2.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in signature.inputs
+        ],
+        outputs=[
+            registry_pb2.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape)
+            for t in signature.outputs
+        ],
+        embedding_dim=signature.embedding_dim,
+    )
+
+
+def version_to_registry(spec: VersionSpec) -> registry_pb2.ModelVersion:
+    config = spec.config
+    return registry_pb2.ModelVersion(
+        model_id=spec.model_id,
+        version=spec.version,
+        source_uri=spec.source_uri,
+        checkpoint_hash=spec.checkpoint_hash,
+        loader=spec.loader,
+        inference_config=registry_pb2.InferenceConfig(
+            max_batch_size=config.max_batch_size,
+            max_delay_ms=config.max_delay_ms,
+            device=config.device,
+            dtype=config.dtype,
+            max_sequence_length=config.max_sequence_length,
+            quantization=config.quantization,
+            trust_remote_code=config.trust_remote_code,
+        ),
+        signature=signature_to_registry(spec.signature),
+    )
+
+
+def deployment_to_registry(spec: DeploymentSpec) -> registry_pb2.Deployment:
+    return registry_pb2.Deployment(
+        name=spec.name,
+        model_id=spec.model_id,
+        routes=[registry_pb2.Route(version=v, weight=w) for v, w in spec.routes],
+        versions=[version_to_registry(v) for v in spec.versions],
+        revision=spec.revision,
+    )

@@ -1,10 +1,12 @@
 """The data plane every transport uses: validate a neutral request, route it to a loaded
-version, batch it, and build the neutral response naming the version that served it."""
+version, admit it (`limits`), batch it, and build the neutral response naming the version that
+served it."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +22,8 @@ from modelyard.inference.domain import (
     OutputTensor,
     TensorSpec,
 )
-from modelyard.inference.errors import BadInput, NotReady
+from modelyard.inference.errors import BadInput, NotReady, WorkerAtCapacity
+from modelyard.inference.limits import Admission, ItemLimits, TextLimit, check_images, text_token_limit
 from modelyard.inference.routing import LoadedVersion, RoutingTable
 
 # Below this many input bytes, cheap decoding (UTF-8) costs less than a hop to the executor.
@@ -39,7 +42,8 @@ class ModelMetadata:
 class DataPlane:
     """Serves requests from the routing table. Forward passes run in `executor`, up to `instances`
     at once per version, a lone request in `solo_executor` when given (see `batching`); input
-    decoding runs in `decode_executor` (default: `executor`)."""
+    decoding runs in `decode_executor` (default: `executor`). Requests are bounded by `limits` and
+    admitted by `admission` (see `limits`); call `routes_changed()` whenever the table changes."""
 
     def __init__(
         self,
@@ -49,12 +53,27 @@ class DataPlane:
         instances: int = 1,
         solo_executor: Executor | None = None,
         decode_executor: Executor | None = None,
+        limits: ItemLimits | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.table = table
         self._executor = executor
         self._instances = instances
         self._solo_executor = solo_executor
         self._decode_executor = decode_executor or executor
+        self.limits = limits or ItemLimits()
+        self.admission = admission or Admission()
+        self._text_limits: weakref.WeakKeyDictionary[LoadedVersion, TextLimit] = weakref.WeakKeyDictionary()
+
+    def routes_changed(self) -> None:
+        """Size the auto admission limit for the versions now loaded."""
+        batches = [
+            loaded.spec.config.max_batch_size
+            for name in self.table.deployments()
+            for loaded in self.table.get(name).versions.values()
+        ]
+        if batches:
+            self.admission.fit_batches(max(batches))
 
     def ready(self) -> bool:
         return self.table.any_routable
@@ -79,7 +98,9 @@ class DataPlane:
             outputs=list(signature.outputs),
         )
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+    async def infer(self, request: InferenceRequest, caller: str = "") -> InferenceResponse:
+        """Serve one request; `caller` names who sent it (a connection), for fair admission and
+        batching."""
         if not request.deployment:
             raise BadInput("model_name is empty; set it to the deployment to call")
         started = time.perf_counter()
@@ -87,11 +108,14 @@ class DataPlane:
             labels = (request.deployment, loaded.spec.model_id, loaded.version)
             outcome = "error"
             try:
-                response = await self._infer_on(loaded, request, labels)
+                response = await self._infer_on(loaded, request, labels, caller)
                 outcome = "success"
                 return response
             except BadInput:
                 outcome = "invalid"
+                raise
+            except WorkerAtCapacity:
+                outcome = "refused"
                 raise
             except asyncio.CancelledError:
                 outcome = "cancelled"
@@ -100,7 +124,7 @@ class DataPlane:
                 metrics.REQUEST_DURATION.labels(*labels, outcome).observe(time.perf_counter() - started)
 
     async def _infer_on(
-        self, loaded: LoadedVersion, request: InferenceRequest, labels: tuple[str, str, str]
+        self, loaded: LoadedVersion, request: InferenceRequest, labels: tuple[str, str, str], caller: str
     ) -> InferenceResponse:
         signature = loaded.runtime.signature()
         tensor = _single_input(request.inputs, [spec.name for spec in signature.inputs])
@@ -134,14 +158,15 @@ class DataPlane:
                     f"output {name!r} does not exist; this model has {', '.join(signature_outputs)}"
                 )
         items = tensor.data if isinstance(tensor.data, list) else list(tensor.data)
-        runtime = loaded.runtime
-        if runtime.prepare_is_cheap(tensor.name) and sum(len(item) for item in items) < _INLINE_PREPARE_BYTES:
-            prepared = runtime.prepare(tensor.name, items)
-        else:
-            loop = asyncio.get_running_loop()
-            prepared = await loop.run_in_executor(self._decode_executor, runtime.prepare, tensor.name, items)
-        batcher = self._batcher(loaded, tensor.name, labels)
-        rows, waited = await batcher.submit(prepared)
+        admission = self.admission
+        admitted = len(items)
+        admission.enter(caller, admitted)
+        try:
+            prepared = await self._prepare(loaded, tensor.name, items)
+            batcher = self._batcher(loaded, tensor.name, labels)
+            rows, waited = await batcher.submit(prepared, caller)
+        finally:
+            admission.exit(caller, admitted)
         metrics.QUEUE_DURATION.labels(*labels).observe(waited)
         wanted = request.requested_outputs or list(rows)
         outputs = [_output(name, rows[name]) for name in wanted if name in rows]
@@ -152,6 +177,30 @@ class DataPlane:
             outputs=outputs,
             raw=request.raw,
         )
+
+    async def _prepare(self, loaded: LoadedVersion, name: str, items: list[bytes]) -> list[Any]:
+        """Check the elements against their limits, then decode them: inline when cheap, else in the
+        decode executor (images: header checks there too, they are PIL calls)."""
+        runtime = loaded.runtime
+        if name == "text":
+            self._text_limit(loaded).check(items, name, loaded.version)
+        if runtime.prepare_is_cheap(name) and sum(len(item) for item in items) < _INLINE_PREPARE_BYTES:
+            return runtime.prepare(name, items)  # type: ignore[no-any-return]
+        loop = asyncio.get_running_loop()
+        if name == "image":
+            return await loop.run_in_executor(self._decode_executor, self._prepare_images, runtime, items)
+        return await loop.run_in_executor(self._decode_executor, runtime.prepare, name, items)
+
+    def _prepare_images(self, runtime: Any, items: list[bytes]) -> list[Any]:
+        check_images(items, "image", self.limits)
+        return runtime.prepare("image", items)  # type: ignore[no-any-return]
+
+    def _text_limit(self, loaded: LoadedVersion) -> TextLimit:
+        limit = self._text_limits.get(loaded)
+        if limit is None:
+            limit = TextLimit(text_token_limit(loaded.runtime), self.limits.text_bytes_per_token)
+            self._text_limits[loaded] = limit
+        return limit
 
     def _batcher(
         self, loaded: LoadedVersion, input_name: str, labels: tuple[str, str, str]

@@ -1,5 +1,6 @@
 """Applies deployment specs to the routing table: load new versions before unloading old ones,
-switch routes atomically, drain and unload what left, and remember what happened for heartbeats."""
+switch routes atomically, drain and unload what left, retry loads that failed for a transient
+reason while the version is still routed, and remember what happened for heartbeats."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from modelyard.common.log import event
 from modelyard.inference import metrics
 from modelyard.inference.artifacts import ArtifactCache
 from modelyard.inference.domain import DeploymentSpec, VersionSpec
+from modelyard.inference.load_retry import LoadFailure, RetryPolicy, is_transient
 from modelyard.inference.loaders import ModelRuntime, create_runtime
 from modelyard.inference.routing import DeploymentRoutes, LoadedVersion, RoutingTable
 
@@ -34,6 +37,8 @@ class VersionStatus:
     checkpoint_hash: str
     device: str = ""
     last_error: str = ""
+    attempts: int = 0  # load attempts of this version spec so far (1 = the first)
+    next_attempt_at: float | None = None  # epoch seconds of the planned retry; None = none planned
 
 
 @dataclass
@@ -52,17 +57,28 @@ class DeploymentApplier:
         load_executor: Executor,
         *,
         on_change: Callable[[], None] | None = None,
+        on_applied: Callable[[str, DeploymentSpec | None], None] | None = None,
+        retry: RetryPolicy | None = None,
+        allow_remote_code: bool = False,
     ) -> None:
+        """`on_applied(name, spec)` is told what each deployment now serves after every swap (only
+        the routes switched in and their versions), and `(name, None)` once it was removed."""
         self.table = table
         self.cache = cache
         self._load_executor = load_executor
         self._on_change = on_change or (lambda: None)
+        self._on_applied = on_applied or (lambda name, spec: None)
+        self._retry = retry or RetryPolicy()
+        self.allow_remote_code = allow_remote_code  # the worker's setting, handed to every runtime
         self.status: dict[str, DeploymentStatus] = {}
         self.last_error = ""
         self._desired: dict[str, DeploymentSpec | None] = {}
         self._appliers: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._idle: dict[str, asyncio.Event] = {}
+        self._latest: dict[str, DeploymentSpec] = {}  # newest spec submitted, what a retry re-applies
+        self._attempts: dict[tuple[str, str], tuple[VersionSpec, int]] = {}
+        self._retries: dict[str, asyncio.Task[None]] = {}
 
     # --- requests -------------------------------------------------------------------------------
     def submit(self, spec: DeploymentSpec) -> None:
@@ -72,7 +88,22 @@ class DeploymentApplier:
     def delete(self, name: str) -> None:
         self._want(name, None)
 
+    def names(self) -> set[str]:
+        """Deployments this applier serves or is about to (submitted, not yet applied)."""
+        pending = {name for name, spec in self._desired.items() if spec is not None}
+        return set(self.table.deployments()) | set(self._latest) | pending
+
     def _want(self, name: str, spec: DeploymentSpec | None) -> None:
+        # A newer spec (or a retry coming due) replaces any retry still planned for this deployment.
+        planned = self._retries.pop(name, None)
+        if planned is not None and planned is not asyncio.current_task():
+            planned.cancel()
+        for entry in self.status.get(name, DeploymentStatus()).versions.values():
+            entry.next_attempt_at = None
+        if spec is None:
+            self._latest.pop(name, None)
+        else:
+            self._latest[name] = spec
         self._desired[name] = spec
         self._idle.setdefault(name, asyncio.Event()).clear()
         task = self._appliers.get(name)
@@ -104,7 +135,11 @@ class DeploymentApplier:
         status = self.status.setdefault(spec.name, DeploymentStatus())
         loaded: dict[str, LoadedVersion] = {}
         failures: dict[str, str] = {}
+        retryable: list[str] = []
         fresh: list[LoadedVersion] = []
+        routed = {name for name, _weight in spec.routes}
+        for key in [k for k in self._attempts if k[0] == spec.name and k[1] not in routed]:
+            del self._attempts[key]  # a version that comes back later starts counting again
         for name, _weight in spec.routes:
             vspec = spec.version(name)
             if vspec is None:
@@ -114,20 +149,28 @@ class DeploymentApplier:
             if existing is not None and existing.spec == vspec:
                 loaded[name] = existing
                 continue
-            status.versions[name] = VersionStatus(LOADING, vspec.checkpoint_hash)
+            attempts = self._count_attempt(spec.name, vspec)
+            status.versions[name] = VersionStatus(LOADING, vspec.checkpoint_hash, attempts=attempts)
             self._on_change()
             try:
                 version = await self._load(spec.name, vspec)
             except Exception as exc:
                 message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+                transient = isinstance(exc, LoadFailure) and exc.transient
                 failures[name] = message
-                status.versions[name] = VersionStatus(FAILED, vspec.checkpoint_hash, last_error=message)
+                if transient:
+                    retryable.append(name)
+                status.versions[name] = VersionStatus(
+                    FAILED, vspec.checkpoint_hash, last_error=message, attempts=attempts
+                )
                 event(
                     log,
                     "version.load_failed",
                     level=logging.WARNING,
                     deployment=spec.name,
                     version=name,
+                    attempt=attempts,
+                    transient=transient,
                     error=message,
                 )
                 continue
@@ -147,7 +190,10 @@ class DeploymentApplier:
             for version in fresh:
                 status.versions.pop(version.version, None)
                 self._retire(spec.name, version)
+            for name in [n for n, v in status.versions.items() if v.state == FAILED and n not in routed]:
+                del status.versions[name]  # refused earlier, no longer wanted
             event(log, "routes.refused", deployment=spec.name, revision=spec.revision, error=self.last_error)
+            self._plan_retry(spec, retryable)
             return
 
         routes = DeploymentRoutes(
@@ -163,7 +209,10 @@ class DeploymentApplier:
         metrics.APPLIED_REVISION.labels(spec.name).set(spec.revision)
         status.revision = spec.revision
         for name, version in loaded.items():
-            status.versions[name] = VersionStatus(SERVING, version.spec.checkpoint_hash, version.device)
+            attempts = self._attempts.get((spec.name, name), (version.spec, 1))[1]
+            status.versions[name] = VersionStatus(
+                SERVING, version.spec.checkpoint_hash, version.device, attempts=attempts
+            )
         for name in [n for n, v in status.versions.items() if v.state == FAILED and n not in failures]:
             del status.versions[name]  # refused earlier, no longer wanted
         if not failures:
@@ -180,6 +229,55 @@ class DeploymentApplier:
             for name, version in previous.versions.items():
                 if loaded.get(name) is not version:
                     self._retire(spec.name, version)
+        self._on_applied(
+            spec.name,
+            DeploymentSpec(
+                name=spec.name,
+                model_id=spec.model_id,
+                routes=tuple((n, w) for n, w in spec.routes if n in loaded),
+                versions=tuple(v.spec for v in loaded.values()),
+                revision=spec.revision,
+            ),
+        )
+        self._plan_retry(spec, retryable)
+
+    # --- retrying -------------------------------------------------------------------------------
+    def _count_attempt(self, deployment: str, spec: VersionSpec) -> int:
+        previous, count = self._attempts.get((deployment, spec.version), (None, 0))
+        count = count + 1 if previous == spec else 1
+        self._attempts[(deployment, spec.version)] = (spec, count)
+        return count
+
+    def _plan_retry(self, spec: DeploymentSpec, retryable: list[str]) -> None:
+        """Apply `spec` again later if versions it routes failed for a reason that may clear."""
+        if not retryable or not self._is_latest(spec):
+            return
+        failures = max(self._attempts[(spec.name, name)][1] for name in retryable)
+        delay = self._retry.delay(failures)
+        due = time.time() + delay
+        status = self.status[spec.name]
+        for name in retryable:
+            status.versions[name].next_attempt_at = due
+        self._retries[spec.name] = asyncio.create_task(
+            self._retry_later(spec, delay), name=f"retry:{spec.name}"
+        )
+        event(
+            log,
+            "version.retry_planned",
+            deployment=spec.name,
+            versions=",".join(retryable),
+            attempts=failures,
+            retry_in_s=round(delay, 2),
+        )
+
+    async def _retry_later(self, spec: DeploymentSpec, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self._is_latest(spec):
+            self._want(spec.name, spec)
+
+    def _is_latest(self, spec: DeploymentSpec) -> bool:
+        """Still the newest spec of its deployment (a retry of anything older would go backwards)."""
+        return self._latest.get(spec.name) is spec
 
     async def _remove(self, name: str) -> None:
         previous = self.table.remove(name)
@@ -190,12 +288,25 @@ class DeploymentApplier:
         with contextlib.suppress(KeyError):
             metrics.APPLIED_REVISION.remove(name)
         self.status.pop(name, None)
+        for key in [k for k in self._attempts if k[0] == name]:
+            del self._attempts[key]
+        self._on_applied(name, None)
         event(log, "deployment.removed", deployment=name)
 
     async def _load(self, deployment: str, spec: VersionSpec) -> LoadedVersion:
+        """Raises LoadFailure, saying whether the failure may clear on its own."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        runtime = await loop.run_in_executor(self._load_executor, self._load_blocking, spec)
+        try:
+            path = await loop.run_in_executor(
+                self._load_executor, self.cache.resolve, spec.source_uri, spec.checkpoint_hash
+            )
+        except Exception as exc:
+            raise LoadFailure(exc, transient=is_transient(exc, fetching=True)) from exc
+        try:
+            runtime = await loop.run_in_executor(self._load_executor, self._load_blocking, spec, path)
+        except Exception as exc:
+            raise LoadFailure(exc, transient=is_transient(exc, fetching=False)) from exc
         seconds = time.perf_counter() - started
         labels = (deployment, spec.model_id, spec.version)
         metrics.MODEL_LOAD_SECONDS.labels(*labels).observe(seconds)
@@ -210,9 +321,8 @@ class DeploymentApplier:
         )
         return LoadedVersion(spec, runtime, device=runtime.device)
 
-    def _load_blocking(self, spec: VersionSpec) -> ModelRuntime:
-        path = self.cache.resolve(spec.source_uri, spec.checkpoint_hash)
-        runtime = create_runtime(spec, path)
+    def _load_blocking(self, spec: VersionSpec, path: Path) -> ModelRuntime:
+        runtime = create_runtime(spec, path, allow_remote_code=self.allow_remote_code)
         interval = sys.getswitchinterval()
         sys.setswitchinterval(_LOADING_SWITCH_INTERVAL_S)
         try:
@@ -268,10 +378,13 @@ class DeploymentApplier:
         self._on_change()
 
     async def close(self) -> None:
-        """Cancel pending applies, then drain and unload every loaded version."""
-        for task in self._appliers.values():
+        """Cancel pending applies and retries, then drain and unload every loaded version."""
+        self._latest.clear()  # nothing is wanted any more: no retry comes due
+        tasks = [*self._appliers.values(), *self._retries.values()]
+        self._retries.clear()
+        for task in tasks:
             task.cancel()
-        for task in self._appliers.values():
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for name in self.table.deployments():

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from modelyard.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from modelyard.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 
 
 class CheckpointMismatch(FailedPrecondition):
@@ -11,6 +17,18 @@ class CheckpointMismatch(FailedPrecondition):
 
 class ArtifactUnavailable(FailedPrecondition):
     """The artifact could not be fetched from its source URI."""
+
+
+class ArtifactRefused(FailedPrecondition):
+    """The artifact breaks the artifact rules: outside the configured roots, or a symlink out of it."""
+
+
+class RemoteCodeRefused(FailedPrecondition):
+    """Loading the version would run code from its artifact, and this worker's operator has not allowed it."""
+
+
+class CacheFull(ResourceExhausted):
+    """The artifact cache is at its size limit and every entry left is in use on this worker."""
 
 
 class UnknownLoader(FailedPrecondition):
@@ -27,3 +45,7 @@ class BadInput(InvalidArgument):
 
 class NotReady(Unavailable):
     """The deployment exists but has no routable version right now."""
+
+
+class WorkerAtCapacity(ResourceExhausted):
+    """The worker holds as many items in flight as it admits; the caller should retry with backoff."""

@@ -51,3 +51,8 @@ APPLIED_REVISION = Gauge(
     "Registry revision of the deployment this worker last applied.",
     ["deployment"],
 )
+FALLBACK = Gauge(
+    "modelyard_worker_fallback",
+    "1 while the worker serves the deployments it last applied (stored beside its cache) because it "
+    "started without reaching the registry; 0 once it follows the registry.",
+)

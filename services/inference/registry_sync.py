@@ -1,5 +1,6 @@
 """Keeps the worker in step with the registry: follows WatchDeployments (resuming from the last
-revision after a disconnect, with backoff) and sends ReportStatus heartbeats."""
+revision after a disconnect, with backoff), sends ReportStatus heartbeats, and, when the first
+connection fails, serves the deployments last applied until the registry's snapshot replaces them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Callable, Sequence
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -17,8 +19,10 @@ from modelyard.api import registry_pb2_grpc as rpb_grpc
 from modelyard.common.channel import open_channel
 from modelyard.common.log import event
 from modelyard.common.settings import ClientSettings
+from modelyard.inference import metrics
 from modelyard.inference.converters import deployment_from_registry
 from modelyard.inference.deployments import DeploymentApplier
+from modelyard.inference.domain import DeploymentSpec
 
 log = logging.getLogger("modelyard.inference.registry")
 
@@ -31,7 +35,13 @@ _STATES = {
 
 
 class RegistrySync:
-    """Two owned tasks: the watch loop and the heartbeat loop."""
+    """Owned tasks: the watch loop, the heartbeat loop, and (with `stored`) the fallback watch.
+
+    `stored` reads the deployments last applied (blocking; called in an executor only when needed).
+    If no snapshot arrived `fallback_after_s` after start, or the first attempt failed sooner, they
+    are applied from the verified cache and `fallback` is true until the registry's first snapshot
+    has been applied. `on_state` is called whenever `following` or `fallback` may have changed.
+    """
 
     def __init__(
         self,
@@ -45,6 +55,9 @@ class RegistrySync:
         heartbeat_interval_s: float = 2.0,
         reconnect_initial_s: float = 0.2,
         reconnect_max_s: float = 5.0,
+        stored: Callable[[], Sequence[DeploymentSpec]] | None = None,
+        fallback_after_s: float = 3.0,
+        on_state: Callable[[], None] | None = None,
     ) -> None:
         self.address = address
         self.applier = applier
@@ -57,9 +70,20 @@ class RegistrySync:
         self.revision = 0
         self.connected = asyncio.Event()
         self.state = "starting"
+        self.fallback = False
+        self._stored = stored
+        self._fallback_after_s = fallback_after_s
+        self._on_state = on_state or (lambda: None)
+        self._attempted = asyncio.Event()  # the first watch attempt succeeded or failed
+        self._snapshot_seen = False
         self._changed = asyncio.Event()
         self._channel: aio.Channel | None = None
         self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def following(self) -> bool:
+        """Connected to the registry and serving what it says (not the stored deployments)."""
+        return self.connected.is_set() and not self.fallback
 
     def notify_change(self) -> None:
         self._changed.set()
@@ -70,9 +94,13 @@ class RegistrySync:
             asyncio.create_task(self._watch_forever(), name="registry-watch"),
             asyncio.create_task(self._heartbeat_forever(), name="registry-heartbeat"),
         ]
+        if self._stored is not None:
+            self._tasks.append(
+                asyncio.create_task(self._fall_back_unless_connected(), name="registry-fallback")
+            )
 
     async def stop(self) -> None:
-        """Send a last `stopping` heartbeat (best effort), then cancel both loops."""
+        """Cancel its tasks, then send a last `stopping` heartbeat (best effort)."""
         self.state = "stopping"
         for task in self._tasks:
             task.cancel()
@@ -102,7 +130,9 @@ class RegistrySync:
                             address=self.address,
                             since_revision=request.since_revision,
                         )
-                    self.connected.set()
+                        self.connected.set()
+                        self._on_state()
+                    self._attempted.set()
                     delay = initial
                     self._handle(message)
                 reason = "stream ended"
@@ -110,7 +140,10 @@ class RegistrySync:
                 reason = (
                     f"{exc.code().name}: {exc.details()}" if isinstance(exc, aio.AioRpcError) else str(exc)
                 )
-            self.connected.clear()
+            self._attempted.set()
+            if self.connected.is_set():
+                self.connected.clear()
+                self._on_state()
             event(
                 log,
                 "registry.disconnected",
@@ -126,12 +159,20 @@ class RegistrySync:
     def _handle(self, message: rpb.WatchDeploymentsResponse) -> None:
         kind = message.kind
         if kind == rpb.WatchDeploymentsResponse.SNAPSHOT:
+            self._snapshot_seen = True
             present = {d.name for d in message.deployments}
             for deployment in message.deployments:
                 self.applier.submit(deployment_from_registry(deployment))
-            for name in self.applier.table.deployments():
-                if name not in present:
-                    self.applier.delete(name)
+            # Also what is still loading (stored deployments in fallback): the snapshot is the truth.
+            absent = self.applier.names() - present
+            for name in absent:
+                self.applier.delete(name)
+            if self.fallback:
+                self._tasks.append(
+                    asyncio.create_task(
+                        self._end_fallback_once_applied(present | absent), name="registry-resync"
+                    )
+                )
         elif kind == rpb.WatchDeploymentsResponse.UPSERTED:
             for deployment in message.deployments:
                 if not self.deployments or deployment.name in self.deployments:
@@ -146,6 +187,47 @@ class RegistrySync:
             kind=rpb.WatchDeploymentsResponse.Kind.Name(kind),
             revision=message.revision,
         )
+
+    # --- fallback -------------------------------------------------------------------------------
+    async def _fall_back_unless_connected(self) -> None:
+        assert self._stored is not None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._attempted.wait(), self._fallback_after_s)
+        if self._snapshot_seen:
+            return
+        loop = asyncio.get_running_loop()
+        stored = await loop.run_in_executor(None, self._stored)
+        wanted = [s for s in stored if not self.deployments or s.name in self.deployments]
+        # Checked again after the read: a snapshot that arrived meanwhile wins over the file.
+        if self._snapshot_seen or not wanted:
+            if not wanted:
+                event(log, "worker.no_fallback", level=logging.WARNING, address=self.address,
+                      detail="no snapshot from the registry yet and no applied deployments stored")  # fmt: skip
+            return
+        self.fallback = True
+        metrics.FALLBACK.set(1)
+        event(
+            log,
+            "worker.fallback",
+            level=logging.WARNING,
+            address=self.address,
+            deployments=",".join(f"{s.name}@{s.revision}" for s in wanted),
+            detail="the registry is unreachable: serving the deployments last applied from the cache",
+        )
+        for spec in wanted:
+            self.applier.submit(spec)
+        self._on_state()
+
+    async def _end_fallback_once_applied(self, names: set[str]) -> None:
+        for name in sorted(names):
+            await self.applier.settled(name)
+        if not self.fallback:
+            return
+        self.fallback = False
+        metrics.FALLBACK.set(0)
+        event(log, "worker.fallback_ended", revision=self.revision)
+        self.notify_change()  # tell the registry now, not at the next heartbeat
+        self._on_state()
 
     # --- heartbeats -----------------------------------------------------------------------------
     def worker_status(self) -> rpb.WorkerStatus:
@@ -163,17 +245,21 @@ class RegistrySync:
             last_error=applier.last_error,
             last_seen=now,
             live=True,
+            fallback=self.fallback,
         )
         for name, deployment in sorted(applier.status.items()):
             entry = status.deployments.add(deployment=name, revision=deployment.revision)
             for version, v in sorted(deployment.versions.items()):
-                entry.versions.add(
+                loaded = entry.versions.add(
                     version=version,
                     state=_STATES[v.state],
                     checkpoint_hash=v.checkpoint_hash,
                     device=v.device,
                     last_error=v.last_error,
+                    attempts=v.attempts,
                 )
+                if v.next_attempt_at is not None:
+                    loaded.next_attempt_at.FromNanoseconds(int(v.next_attempt_at * 1e9))
         return status
 
     async def _report(self) -> None:

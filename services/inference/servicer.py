@@ -8,10 +8,16 @@ from grpc import aio
 
 from modelyard.api import grpc_predict_v2_pb2 as pb
 from modelyard.api import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelyard.common.auth import ALL_ROLES, AccessPolicy
 from modelyard.inference.converters import request_from_grpc, response_to_grpc
 from modelyard.inference.dataplane import DataPlane
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+# With tokens configured, any known token may call a model: backends hold reader tokens, the
+# benchmark service its own.
+POLICY = AccessPolicy.of(
+    {tuple(pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name): ALL_ROLES}
+)
 
 
 def _server_version() -> str:
@@ -67,5 +73,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        response = await self._dataplane.infer(request_from_grpc(request))
+        # A caller is one connection: fairness between callers is per client channel.
+        response = await self._dataplane.infer(request_from_grpc(request), caller=context.peer())
         return response_to_grpc(response)

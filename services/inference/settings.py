@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import AliasChoices, ByteSize, Field
 from pydantic_settings import SettingsConfigDict
 
+from modelyard.common.artifact_roots import ARTIFACT_ROOTS_ENV, ArtifactRootsSetting, default_artifact_roots
 from modelyard.common.settings import ServerSettings
 
 
@@ -46,3 +47,76 @@ class WorkerSettings(ServerSettings):
     )
     reconnect_initial_s: float = Field(0.2, description="First wait before reconnecting to the registry.")
     reconnect_max_s: float = Field(5.0, description="Longest wait between reconnection attempts.")
+    applied_state_file: str = Field(
+        "applied-deployments.json",
+        description="Where the worker keeps the deployments it last applied (a path relative to "
+        "cache_dir, or absolute); served when it starts without reaching the registry. Empty = keep "
+        "none: such a worker then serves nothing until the registry answers.",
+    )
+    fallback_after_s: float = Field(
+        3.0,
+        ge=0,
+        description="How long the first connection to the registry may take before the worker serves "
+        "the deployments it last applied; a first attempt that fails sooner falls back at once.",
+    )
+    retry_initial_s: float = Field(
+        1.0, gt=0, description="Wait before retrying a version whose load failed for a transient reason."
+    )
+    retry_max_s: float = Field(
+        60.0, gt=0, description="Longest wait between retries of a failed load (the wait doubles up to it)."
+    )
+    # Limits (see `limits.py`): what one request may cost, checked before the work it bounds.
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024,
+        gt=0,
+        description="Per-request byte budget: the largest gRPC message the worker receives (or sends); gRPC "
+        "refuses a larger one with RESOURCE_EXHAUSTED before parsing it.",
+    )
+    text_bytes_per_token: int = Field(
+        64,
+        gt=0,
+        description="A text element may hold at most the version's max sequence length (its config's, "
+        "else the model's) times this many bytes; longer ones are refused before tokenizing.",
+    )
+    max_image_pixels: int = Field(
+        2048 * 2048,
+        gt=0,
+        description="Largest image decoded (width x height, read from its header before decoding); image "
+        "models read 224-384 pixels a side, so larger ones only cost decode time and memory.",
+    )
+    max_image_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest encoded image accepted.")
+    max_request_pixels: int = Field(
+        4 * 2048 * 2048, gt=0, description="Pixels decoded for one request, over all its images."
+    )
+    max_items_in_flight: int = Field(
+        0,
+        ge=0,
+        description="Items admitted and not yet answered, over all versions; beyond it a request is refused "
+        "with RESOURCE_EXHAUSTED unless its caller holds less than a fair share. "
+        "0 = auto: 8 x the largest max_batch_size served.",
+    )
+    # Artifact safety (see artifacts.py and loaders/remote_code.py).
+    artifact_roots: ArtifactRootsSetting = Field(
+        default_factory=default_artifact_roots,
+        validation_alias=AliasChoices(ARTIFACT_ROOTS_ENV),
+        description="Comma-separated URL prefixes artifacts may be fetched from (file:///srv/models/, "
+        "s3://bucket/models/; a plain absolute path means its file:// URI), shared with the registry "
+        "through MODELYARD_ARTIFACT_ROOTS; default: the artifact store of `modelyard models import`.",
+    )
+    allow_remote_code: bool = Field(
+        False,
+        description="Let versions that ask for trust_remote_code run Python code from their artifact "
+        "(custom modules, auto_map) in this worker. Off: such versions are refused at load.",
+    )
+    cache_max_bytes: ByteSize = Field(
+        ByteSize(20 * 1024**3),
+        ge=0,
+        description="Most bytes the artifact cache keeps (e.g. 20GiB); a new entry evicts the least "
+        "recently used ones no deployment on this worker routes. 0 = no limit.",
+    )
+    cache_full_verify: bool = Field(
+        False,
+        description="Re-hash every cached artifact fully the first time this process serves it, instead "
+        "of trusting an unchanged size/mtime/ctime: a slower start that also catches changes below the "
+        "filesystem.",
+    )

@@ -16,21 +16,30 @@ from google.protobuf import json_format
 
 from modelyard.api import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelyard.api import registry_pb2 as rpb
+from modelyard.common.artifact_roots import ArtifactRoots
 from modelyard.common.log import event
-from modelyard.common.server import GrpcServer, freeze_startup_objects
+from modelyard.common.server import NOT_SERVING, SERVING, GrpcServer, freeze_startup_objects
 from modelyard.common.settings import ClientSettings
+from modelyard.inference.applied_state import AppliedState
 from modelyard.inference.artifacts import ArtifactCache
 from modelyard.inference.converters import deployment_from_registry
 from modelyard.inference.dataplane import DataPlane
 from modelyard.inference.deployments import DeploymentApplier
+from modelyard.inference.limits import Admission, ItemLimits
+from modelyard.inference.load_retry import RetryPolicy
 from modelyard.inference.loaders import preimport_all
 from modelyard.inference.loaders.base import intra_op_threads, use_intra_op_threads
 from modelyard.inference.registry_sync import RegistrySync
 from modelyard.inference.routing import RoutingTable
-from modelyard.inference.servicer import SERVICE_NAME, InferenceServicer
+from modelyard.inference.servicer import POLICY, SERVICE_NAME, InferenceServicer
 from modelyard.inference.settings import WorkerSettings
 
 log = logging.getLogger("modelyard.inference")
+
+# gRPC health of this name: SERVING while the worker follows the registry; NOT_SERVING while it is
+# disconnected or serves its stored deployments (fallback). The overall health ("" and the OIP
+# service) stays about whether it can serve, so traffic keeps flowing in fallback.
+REGISTRY_HEALTH_SERVICE = "modelyard.worker.Registry"
 
 
 class InferenceWorker:
@@ -70,15 +79,44 @@ class InferenceWorker:
             instances=lanes.instances,
             solo_executor=self._solo_pool,
             decode_executor=self._decode_pool,
+            limits=ItemLimits(
+                text_bytes_per_token=settings.text_bytes_per_token,
+                max_image_pixels=settings.max_image_pixels,
+                max_image_bytes=settings.max_image_bytes,
+                max_request_pixels=settings.max_request_pixels,
+            ),
+            admission=Admission(settings.max_items_in_flight),
         )
         self.servicer = InferenceServicer(self.dataplane)
-        self.cache = ArtifactCache(Path(settings.cache_dir).expanduser())
-        self.applier = DeploymentApplier(self.table, self.cache, self._load_pool, on_change=self._changed)
+        self.cache = ArtifactCache(
+            Path(settings.cache_dir).expanduser(),
+            ArtifactRoots.parse(settings.artifact_roots),
+            max_bytes=int(settings.cache_max_bytes),
+            in_use=self._checkpoints_in_use,
+            full_verify=settings.cache_full_verify,
+        )
+        # Kept only for a worker that follows a registry: it is what such a worker serves when it
+        # starts without reaching it.
+        self.applied_state = (
+            AppliedState(self.cache.root / Path(settings.applied_state_file).expanduser())
+            if settings.registry and settings.applied_state_file
+            else None
+        )
+        self.applier = DeploymentApplier(
+            self.table,
+            self.cache,
+            self._load_pool,
+            on_change=self._changed,
+            on_applied=self.applied_state.record if self.applied_state else None,
+            retry=RetryPolicy(settings.retry_initial_s, max(settings.retry_max_s, settings.retry_initial_s)),
+            allow_remote_code=settings.allow_remote_code,
+        )
         self.server = GrpcServer(
             settings,
             component="worker",
             service_names=[SERVICE_NAME],
             register=lambda server: pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server),
+            policy=POLICY,
         )
         self.sync: RegistrySync | None = None
         if settings.registry:
@@ -92,15 +130,32 @@ class InferenceWorker:
                 heartbeat_interval_s=settings.heartbeat_interval_s,
                 reconnect_initial_s=settings.reconnect_initial_s,
                 reconnect_max_s=settings.reconnect_max_s,
+                stored=self.applied_state.read if self.applied_state else None,
+                fallback_after_s=settings.fallback_after_s,
+                on_state=self._registry_state_changed,
             )
         self._serving = False
         self._health_task: asyncio.Task[None] | None = None
+        self._registry_health_task: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
         return self.server.address
 
+    def _checkpoints_in_use(self) -> set[str]:
+        """Checkpoints this worker serves, drains or is loading: never evicted from the cache.
+        Called from the load thread; both collections are copied before they are read."""
+        hashes: set[str] = set()
+        for name in self.table.deployments():
+            routes = self.table.find(name)
+            if routes is not None:
+                hashes.update(v.spec.checkpoint_hash for v in list(routes.versions.values()))
+        for status in list(self.applier.status.values()):
+            hashes.update(v.checkpoint_hash for v in list(status.versions.values()))
+        return hashes
+
     def _changed(self) -> None:
+        self.dataplane.routes_changed()
         if self.sync is not None:
             self.sync.notify_change()
         serving = self.table.any_routable
@@ -108,14 +163,25 @@ class InferenceWorker:
             self._serving = serving
             self._health_task = asyncio.create_task(self.server.set_serving(serving))
 
+    def _registry_state_changed(self) -> None:
+        self._registry_health_task = asyncio.create_task(self._publish_registry_health())
+
+    async def _publish_registry_health(self) -> None:
+        # Reads the state when it runs, so tasks finishing out of order still publish the latest.
+        following = self.sync is not None and self.sync.following
+        await self.server.health.set(REGISTRY_HEALTH_SERVICE, SERVING if following else NOT_SERVING)
+
     async def start(self) -> None:
         await self.server.set_serving(False)
+        if self.sync is not None:
+            await self._publish_registry_health()
         await self.server.start()
         if self.settings.preimport:
             started = time.perf_counter()
             await asyncio.get_running_loop().run_in_executor(self._load_pool, preimport_all)
             event(log, "worker.preimported", seconds=round(time.perf_counter() - started, 2))
         freeze_startup_objects()
+        await asyncio.get_running_loop().run_in_executor(self._load_pool, self.cache.sweep)
         if self.settings.static_deployments:
             for spec in load_static_deployments(self.settings.static_deployments):
                 self.applier.submit(spec)
@@ -131,6 +197,8 @@ class InferenceWorker:
         if self.sync is not None:
             await self.sync.stop()
         await self.applier.close()
+        if self.applied_state is not None:
+            await self.applied_state.close()
         self._infer_pool.shutdown(wait=False, cancel_futures=True)
         if self._solo_pool is not None:
             self._solo_pool.shutdown(wait=False, cancel_futures=True)

@@ -46,6 +46,8 @@ class DeploymentBroadcast:
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: asyncpg.Connection | None = None
+        self._listening = asyncio.Event()
+        self._retry_now = asyncio.Event()
         self._exported: dict[str, tuple[str, list[str]]] = {}
 
     @property
@@ -61,6 +63,17 @@ class DeploymentBroadcast:
             asyncio.create_task(self._listen_forever(), name="broadcast-listen"),
             asyncio.create_task(self._poll_forever(), name="broadcast-poll"),
         ]
+
+    def reconnect_now(self) -> None:
+        """The database is back (e.g. the embedded server was restarted): LISTEN again without
+        waiting out the backoff."""
+        self._retry_now.set()
+
+    async def wait_listening(self, within_s: float) -> bool:
+        """True once the LISTEN connection is up (within `within_s` seconds)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._listening.wait(), within_s)
+        return self._listening.is_set()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -135,6 +148,7 @@ class DeploymentBroadcast:
     async def _listen_forever(self) -> None:
         delay = 0.2
         while True:
+            self._retry_now.clear()  # a wish to reconnect made during this attempt still counts
             try:
                 lost = asyncio.Event()
                 self._listener = await connect(self._db.url)
@@ -143,16 +157,19 @@ class DeploymentBroadcast:
                 event(log, "broadcast.listening", channel=CHANNEL)
                 delay = 0.2
                 await self.fetch()  # whatever committed while we were not listening
+                self._listening.set()
                 await lost.wait()
                 event(log, "broadcast.listener_lost", level=logging.WARNING)
             except asyncio.CancelledError:
                 raise
             except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
                 event(log, "broadcast.listen_failed", level=logging.WARNING, error=str(exc), retry_s=delay)
+            self._listening.clear()
             with contextlib.suppress(Exception):
                 if self._listener is not None and not self._listener.is_closed():
                     self._listener.terminate()
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retry_now.wait(), delay)
             delay = min(delay * 2, 5.0)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:

@@ -208,12 +208,17 @@ def worker_from_pb(w: pb.WorkerStatus) -> d.WorkerStatus:
                         checkpoint_hash=v.checkpoint_hash,
                         device=v.device,
                         last_error=v.last_error,
+                        attempts=v.attempts,
+                        next_attempt_at=(
+                            v.next_attempt_at.ToDatetime(dt.UTC) if v.HasField("next_attempt_at") else None
+                        ),
                     )
                     for v in s.versions
                 ],
             )
             for s in w.deployments
         ],
+        fallback=w.fallback,
     )
 
 
@@ -234,6 +239,8 @@ def worker_to_pb(w: d.WorkerStatus) -> pb.WorkerStatus:
                         checkpoint_hash=v.checkpoint_hash,
                         device=v.device,
                         last_error=v.last_error,
+                        attempts=v.attempts,
+                        next_attempt_at=to_timestamp(v.next_attempt_at),
                     )
                     for v in s.versions
                 ],
@@ -242,6 +249,7 @@ def worker_to_pb(w: d.WorkerStatus) -> pb.WorkerStatus:
         ],
         last_seen=to_timestamp(w.last_seen),
         live=w.live,
+        fallback=w.fallback,
     )
 
 
@@ -252,7 +260,12 @@ def rollout_to_pb(r: d.RolloutStatus) -> pb.RolloutStatus:
         converged=r.converged,
         workers=[
             pb.WorkerRollout(
-                worker_id=w.worker_id, revision=w.revision, converged=w.converged, detail=w.detail
+                worker_id=w.worker_id,
+                revision=w.revision,
+                converged=w.converged,
+                detail=w.detail,
+                lost=w.lost,
+                last_seen=to_timestamp(w.last_seen),
             )
             for w in r.workers
         ],

@@ -1,5 +1,5 @@
-"""PostgreSQL access: the embedded default server, the connection pool, migrations, and the
-translation of connection failures into UNAVAILABLE."""
+"""PostgreSQL access: the connection pool, migrations, and the translation of connection failures
+into UNAVAILABLE (the embedded default server lives in `embedded.py`)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from importlib import resources
-from pathlib import Path
 from typing import Literal, TypeAlias
 
 import asyncpg
 
-from modelyard.common.errors import Unavailable
+from modelyard.common.errors import InvalidArgument, Unavailable
 from modelyard.common.log import event
 
 log = logging.getLogger("modelyard.registry.db")
@@ -33,21 +32,6 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     TimeoutError,
 )
-
-
-def start_embedded_postgres(data_dir: Path) -> str:
-    """Start (or join) the private PostgreSQL kept in `data_dir`; return a URL to its `modelyard` db.
-
-    Blocking: call from an executor.
-    """
-    import pgserver
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir / "pgdata", cleanup_mode="stop")
-    exists = server.psql("SELECT 1 FROM pg_database WHERE datname = 'modelyard';")
-    if "(1 row)" not in exists:
-        server.psql("CREATE DATABASE modelyard;")
-    return str(server.get_uri("modelyard"))
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -92,6 +76,8 @@ class Database:
                 yield conn
         except CONNECTION_ERRORS as exc:
             raise _unavailable(exc) from exc
+        except asyncpg.DataError as exc:
+            raise _unstorable(exc) from exc
 
     @contextlib.asynccontextmanager
     async def transaction(self, *, isolation: Isolation = "read_committed") -> AsyncIterator[Conn]:
@@ -100,6 +86,17 @@ class Database:
                 yield conn
         except CONNECTION_ERRORS as exc:
             raise _unavailable(exc) from exc
+        except asyncpg.DataError as exc:
+            raise _unstorable(exc) from exc
+
+
+def _unstorable(exc: asyncpg.DataError) -> InvalidArgument:
+    """A value PostgreSQL cannot store (a NUL character in text, a number out of range): the
+    caller's input, refused whole; the transaction rolled back."""
+    return InvalidArgument(
+        f"a value in the request cannot be stored ({exc.__class__.__name__}: {str(exc).splitlines()[0]}); "
+        "remove NUL characters and out-of-range numbers; nothing was changed"
+    )
 
 
 def _unavailable(exc: BaseException) -> Unavailable:

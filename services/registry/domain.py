@@ -132,6 +132,8 @@ class LoadedVersion:
     checkpoint_hash: str = ""
     device: str = ""
     last_error: str = ""
+    attempts: int = 0
+    next_attempt_at: dt.datetime | None = None
 
 
 @dataclass
@@ -150,6 +152,7 @@ class WorkerStatus:
     deployments: list[DeploymentStatus] = field(default_factory=list)
     last_seen: dt.datetime | None = None
     live: bool = False
+    fallback: bool = False
 
 
 @dataclass
@@ -158,6 +161,8 @@ class WorkerRollout:
     revision: int
     converged: bool
     detail: str
+    lost: bool = False
+    last_seen: dt.datetime | None = None
 
 
 @dataclass

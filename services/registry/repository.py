@@ -468,15 +468,16 @@ async def list_audit(
 
 async def upsert_worker(conn: Conn, *, status: WorkerStatus) -> None:
     await conn.execute(
-        "INSERT INTO workers (worker_id, address, state, last_error, deployments, last_seen)"
-        " VALUES ($1, $2, $3, $4, $5, now())"
+        "INSERT INTO workers (worker_id, address, state, last_error, deployments, fallback, last_seen)"
+        " VALUES ($1, $2, $3, $4, $5, $6, now())"
         " ON CONFLICT (worker_id) DO UPDATE SET address = $2, state = $3, last_error = $4,"
-        " deployments = $5, last_seen = now()",
+        " deployments = $5, fallback = $6, last_seen = now()",
         status.worker_id,
         status.address,
         status.state,
         status.last_error,
         to_json(status.deployments),
+        status.fallback,
     )
 
 
@@ -494,15 +495,21 @@ async def list_workers(conn: Conn, *, live_within: dt.timedelta) -> list[WorkerS
                 DeploymentStatus(
                     deployment=d["deployment"],
                     revision=int(d["revision"]),
-                    versions=[LoadedVersion(**v) for v in d["versions"]],
+                    versions=[_loaded_version(v) for v in d["versions"]],
                 )
                 for d in r["deployments"]
             ],
             last_seen=r["last_seen"],
             live=r["live"],
+            fallback=r["fallback"],
         )
         for r in rows
     ]
+
+
+def _loaded_version(data: dict[str, Any]) -> LoadedVersion:
+    when = data.get("next_attempt_at")
+    return LoadedVersion(**{**data, "next_attempt_at": dt.datetime.fromisoformat(when) if when else None})
 
 
 # ---- performance store --------------------------------------------------------------------------

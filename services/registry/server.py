@@ -10,12 +10,14 @@ import time
 from prometheus_client import Gauge
 
 from modelyard.api import registry_pb2, registry_pb2_grpc
+from modelyard.common.artifact_roots import ArtifactRoots
 from modelyard.common.log import event
 from modelyard.common.server import GrpcServer, freeze_startup_objects, wait_for_shutdown_signal
 from modelyard.registry.broadcast import DeploymentBroadcast
-from modelyard.registry.db import CONNECTION_ERRORS, Database, migrate, start_embedded_postgres
+from modelyard.registry.db import CONNECTION_ERRORS, Database, migrate
+from modelyard.registry.embedded import EmbeddedPostgres
 from modelyard.registry.service import Registry
-from modelyard.registry.servicer import WRITE_METHODS, RegistryServicer
+from modelyard.registry.servicer import POLICY, RegistryServicer
 from modelyard.registry.settings import RegistrySettings
 
 log = logging.getLogger("modelyard.registry")
@@ -23,8 +25,14 @@ log = logging.getLogger("modelyard.registry")
 SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
 ROLLOUT_CONVERGED = Gauge(
     "modelyard_rollout_converged",
-    "1 when every live worker of the deployment serves its current routes, else 0.",
+    "1 when every live worker of the deployment serves its current routes and none is lost, else 0.",
     ["deployment"],
+)
+# Labelled so that nothing is exported with an external database (an unlabelled gauge would read 0).
+DATABASE_UP = Gauge(
+    "modelyard_registry_database_up",
+    "1 while the registry's embedded PostgreSQL runs, 0 while it is down and being restarted.",
+    ["database"],
 )
 
 
@@ -35,7 +43,9 @@ class RegistryServer:
         self.broadcast: DeploymentBroadcast | None = None
         self.grpc: GrpcServer | None = None
         self.database_url = settings.database_url
+        self.embedded: EmbeddedPostgres | None = None
         self._rollout_task: asyncio.Task[None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -48,27 +58,100 @@ class RegistryServer:
 
     async def start(self) -> None:
         if not self.database_url:
-            data_dir = self.settings.data_dir
-            self.database_url = await asyncio.get_running_loop().run_in_executor(
-                None, start_embedded_postgres, data_dir
+            self.embedded = EmbeddedPostgres(self.settings.data_dir)
+            self.database_url = await asyncio.get_running_loop().run_in_executor(None, self.embedded.start)
+            DATABASE_UP.labels("embedded").set(1)
+            event(
+                log, "registry.embedded_postgres", data_dir=str(self.settings.data_dir), pid=self.embedded.pid
             )
-            event(log, "registry.embedded_postgres", data_dir=str(data_dir))
         await self._wait_for_database(self.database_url)
         self.db = await Database.open(self.database_url, max_size=self.settings.pool_max_size)
         self.broadcast = DeploymentBroadcast(self.db, poll_interval_s=self.settings.poll_interval_s)
         await self.broadcast.start()
-        registry = Registry(self.db, self.broadcast, heartbeat_ttl_s=self.settings.heartbeat_ttl_s)
+        registry = Registry(
+            self.db,
+            self.broadcast,
+            heartbeat_ttl_s=self.settings.heartbeat_ttl_s,
+            lost_worker_window_s=self.settings.lost_worker_window_s,
+            artifact_roots=ArtifactRoots.parse(self.settings.artifact_roots),
+        )
         servicer = RegistryServicer(registry, self.settings.heartbeat_interval_ms)
         self.grpc = GrpcServer(
             self.settings,
             component="registry",
             service_names=[SERVICE_NAME],
             register=lambda server: registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server),
-            write_methods=WRITE_METHODS,
+            policy=POLICY,
         )
         await self.grpc.start()
         await self.grpc.set_serving(True)
         self._rollout_task = asyncio.create_task(self._export_rollouts(registry), name="rollout-gauge")
+        if self.embedded is not None:
+            self._supervisor = asyncio.create_task(
+                self._supervise_database(self.embedded), name="embedded-postgres-supervisor"
+            )
+
+    async def _supervise_database(self, embedded: EmbeddedPostgres) -> None:
+        """Notice that the embedded PostgreSQL died; restart it while health says NOT_SERVING."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.settings.database_check_interval_s)
+            if await loop.run_in_executor(None, embedded.running):
+                continue
+            lost_at = time.monotonic()
+            DATABASE_UP.labels("embedded").set(0)
+            event(log, "registry.database_lost", level=logging.WARNING, data_dir=str(self.settings.data_dir))
+            assert self.grpc is not None
+            await self.grpc.set_serving(False)
+            await self._recover_database(embedded)
+            await self.grpc.set_serving(True)
+            DATABASE_UP.labels("embedded").set(1)
+            event(
+                log, "registry.database_ready", pid=embedded.pid, down_s=round(time.monotonic() - lost_at, 3)
+            )
+
+    async def _recover_database(self, embedded: EmbeddedPostgres) -> None:
+        """Restart the server, then check that the schema, the pool and LISTEN work; retry until they do."""
+        assert self.db is not None and self.broadcast is not None
+        loop = asyncio.get_running_loop()
+        delay = 0.25
+        while True:
+            step = "restart"
+            try:
+                if not await loop.run_in_executor(None, embedded.running):
+                    started = time.monotonic()
+                    await loop.run_in_executor(None, embedded.restart)
+                    event(
+                        log,
+                        "registry.database_restarted",
+                        pid=embedded.pid,
+                        seconds=round(time.monotonic() - started, 3),
+                    )
+                step = "migrations"
+                await migrate(self.db.url)
+                step = "pool"
+                # Idle pool connections died with the old server: replace them all now rather than
+                # let the first calls after the restart find out one by one.
+                await self.db.pool.expire_connections()
+                async with self.db.connection() as conn:
+                    await conn.fetchval("SELECT 1")
+                step = "listen"
+                self.broadcast.reconnect_now()
+                if not await self.broadcast.wait_listening(5.0):
+                    raise TimeoutError("LISTEN connection not back within 5 s")
+                await self.broadcast.fetch()
+                return
+            except Exception as exc:  # each step may fail while the server comes up: try again
+                event(
+                    log,
+                    "registry.database_recovery_failed",
+                    level=logging.WARNING,
+                    step=step,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_s=delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     async def _export_rollouts(self, registry: Registry) -> None:
         """Keep `modelyard_rollout_converged` current for dashboards and alerts."""
@@ -102,21 +185,30 @@ class RegistryServer:
                 delay = min(delay * 2, 5.0)
 
     async def stop(self) -> None:
-        if self._rollout_task is not None:
-            self._rollout_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._rollout_task
+        for task in (self._supervisor, self._rollout_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.grpc is not None:
             await self.grpc.stop()
         if self.broadcast is not None:
             await self.broadcast.stop()
         if self.db is not None:
             await self.db.close()
+        if self.embedded is not None:
+            # Last: the server the registry started or adopted must not outlive a clean stop.
+            await asyncio.get_running_loop().run_in_executor(None, self.embedded.stop)
 
     async def run(self) -> None:
-        await self.start()
-        freeze_startup_objects()
+        # Catch SIGTERM before starting: one arriving while the process starts up (e.g. `modelyard up`
+        # stopped at once) used to kill it outright and leave its embedded PostgreSQL running.
+        signalled = asyncio.create_task(wait_for_shutdown_signal(), name="shutdown-signal")
+        await asyncio.sleep(0)  # let it install its handlers
         try:
-            await wait_for_shutdown_signal()
+            await self.start()
+            freeze_startup_objects()
+            await signalled
         finally:
+            signalled.cancel()
             await self.stop()

@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from modelyard.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from modelyard.common.artifact_roots import ArtifactRoots, default_artifact_roots
+from modelyard.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    ModelyardError,
+    NotFound,
+)
 from modelyard.registry import repository as repo
 from modelyard.registry.broadcast import CHANNEL, DeploymentBroadcast
 from modelyard.registry.db import Database
@@ -23,7 +31,6 @@ from modelyard.registry.domain import (
     Deployment,
     DeploymentEvent,
     GateResult,
-    Metric,
     Model,
     ModelVersion,
     RolloutStatus,
@@ -32,16 +39,18 @@ from modelyard.registry.domain import (
     VersionMetric,
     WorkerRollout,
     WorkerStatus,
-    deployment_from_json,
     to_json,
-    version_from_json,
 )
+from modelyard.registry.import_document import ImportDocument, read_import_document
 from modelyard.registry.validation import (
-    check_checkpoint_hash,
+    check_model,
     check_model_type,
     check_name,
     check_routes,
+    check_run,
     check_semver,
+    check_source_uri,
+    check_version,
     parse_gate,
 )
 
@@ -92,16 +101,26 @@ def _int_token(token: str) -> int:
 class Registry:
     """Every registry operation, in plain Python types. Callers pass the acting principal's name."""
 
-    def __init__(self, db: Database, broadcast: DeploymentBroadcast, *, heartbeat_ttl_s: float) -> None:
+    def __init__(
+        self,
+        db: Database,
+        broadcast: DeploymentBroadcast,
+        *,
+        heartbeat_ttl_s: float,
+        lost_worker_window_s: float = 300.0,
+        artifact_roots: ArtifactRoots | None = None,
+    ) -> None:
         self.db = db
         self.broadcast = broadcast
+        # Where a version's source_uri may point (default: the default artifact store).
+        self.artifact_roots = artifact_roots or ArtifactRoots.parse(default_artifact_roots())
         self.heartbeat_ttl = dt.timedelta(seconds=heartbeat_ttl_s)
+        self.lost_worker_window = dt.timedelta(seconds=lost_worker_window_s)
 
     # ---- models and versions -------------------------------------------------------------------
 
     async def create_model(self, model: Model, *, actor: str) -> Model:
-        check_name("model_id", model.model_id)
-        check_model_type(model.model_type)
+        check_model(model)
         async with self.db.transaction() as conn:
             created = await repo.insert_model(conn, model=dataclasses.replace(model, created_by=actor))
             await repo.insert_audit(
@@ -139,20 +158,7 @@ class Registry:
     async def register_version(
         self, version: ModelVersion, *, actor: str, create_model: bool = False, model_type: str = ""
     ) -> ModelVersion:
-        check_name("model_id", version.model_id)
-        check_semver(version.version)
-        check_checkpoint_hash(version.checkpoint_hash)
-        if not version.source_uri:
-            raise InvalidArgument("source_uri is required: where the artifact lives (a path or fsspec URL)")
-        if not version.loader:
-            raise InvalidArgument(
-                "loader is required: the model family, e.g. sentence-transformers, open-clip, hf-captioning"
-            )
-        cfg = version.inference_config
-        if cfg.max_batch_size < 0 or cfg.max_delay_ms < 0:
-            raise InvalidArgument("inference_config.max_batch_size and max_delay_ms must not be negative")
-        if version.lineage.parent_version:
-            check_semver(version.lineage.parent_version)
+        version = self._check_version(version)
         version = dataclasses.replace(version, created_by=actor, created_at=None, status="ready", aliases=[])
         async with self.db.transaction() as conn:
             if await repo.get_model(conn, model_id=version.model_id) is None:
@@ -187,7 +193,37 @@ class Registry:
                 after=stored,
                 reason="",
             )
+            await self._audit_remote_code(conn, stored, actor=actor)
         return stored
+
+    def _check_version(self, version: ModelVersion) -> ModelVersion:
+        """What a new version must satisfy before any lookup, registered or imported alike; returns
+        it with its source_uri normalised (a plain path becomes its file:// URI)."""
+        check_version(version)
+        return dataclasses.replace(
+            version, source_uri=check_source_uri(version.source_uri, self.artifact_roots)
+        )
+
+    async def _audit_remote_code(self, conn: repo.Conn, version: ModelVersion, *, actor: str) -> None:
+        """A version that asks workers to run code from its artifact gets an audit row of its own,
+        in the registering transaction, so the history names who asked for code execution."""
+        if not version.inference_config.trust_remote_code:
+            return
+        await repo.insert_audit(
+            conn,
+            actor=actor,
+            action="version.remote_code",
+            entity_type="version",
+            entity_id=f"{version.model_id}:{version.version}",
+            before=None,
+            after={
+                "trust_remote_code": True,
+                "source_uri": version.source_uri,
+                "checkpoint_hash": version.checkpoint_hash,
+            },
+            reason="the version asks workers to run Python code from its artifact (trust_remote_code); "
+            "only workers started with --allow-remote-code load it",
+        )
 
     async def get_version(self, model_id: str, version_or_alias: str) -> ModelVersion:
         async with self.db.connection() as conn:
@@ -342,11 +378,7 @@ class Registry:
         check_name("alias", alias)
         parsed = [parse_gate(g) for g in gates]
         async with self.db.transaction() as conn:
-            target = await self._version(conn, model_id, version)
-            if target.status == "archived":
-                raise FailedPrecondition(
-                    f"version {model_id} {target.version} is archived; it cannot be promoted"
-                )
+            target = await self._alias_target(conn, model_id, version)
             results = await self._check_gates(conn, target, parsed, gate_suite)
             failed = [r for r in results if not r.passed]
             if failed:
@@ -392,6 +424,15 @@ class Registry:
         if switched:
             self.broadcast.kick()
         return after, previous.version if previous else "", results, switched
+
+    async def _alias_target(self, conn: repo.Conn, model_id: str, version: str) -> ModelVersion:
+        """The version an alias may point at (SetAlias and import): registered, not archived."""
+        target = await self._version(conn, model_id, version)
+        if target.status == "archived":
+            raise FailedPrecondition(
+                f"version {model_id} {target.version} is archived; it cannot be promoted"
+            )
+        return target
 
     async def _check_gates(
         self, conn: repo.Conn, version: ModelVersion, gates: Sequence[Any], suite: str
@@ -457,15 +498,7 @@ class Registry:
     ) -> Deployment:
         check_name("deployment name", name)
         async with self.db.transaction() as conn:
-            model = await self._model(conn, model_id)
-            if follow_alias:
-                alias = await repo.get_alias(conn, model_id=model_id, alias=follow_alias)
-                if alias is None:
-                    raise NotFound(f"model {model_id!r} has no alias {follow_alias!r} to follow")
-                if not routes:
-                    routes = [Route(alias.version, 100)]
-            routes = check_routes(routes)
-            versions = await self._routable(conn, model_id, routes)
+            model, routes, versions = await self._new_deployment(conn, model_id, routes, follow_alias)
             deployment = Deployment(
                 name=name,
                 model_id=model_id,
@@ -482,6 +515,21 @@ class Registry:
             await self._record(conn, None, created, action="deployment.create", actor=actor, reason=reason)
         self.broadcast.kick()
         return created
+
+    async def _new_deployment(
+        self, conn: repo.Conn, model_id: str, routes: Sequence[Route], follow_alias: str
+    ) -> tuple[Model, list[Route], dict[str, ModelVersion]]:
+        """A new deployment's model, routes (the followed alias's version when none are given) and
+        routed versions, checked as CreateDeployment and import both check them."""
+        model = await self._model(conn, model_id)
+        if follow_alias:
+            alias = await repo.get_alias(conn, model_id=model_id, alias=follow_alias)
+            if alias is None:
+                raise NotFound(f"model {model_id!r} has no alias {follow_alias!r} to follow")
+            if not routes:
+                routes = [Route(alias.version, 100)]
+        checked = check_routes(routes)
+        return model, checked, await self._routable(conn, model_id, checked)
 
     async def get_deployment(self, name: str) -> Deployment:
         async with self.db.connection() as conn:
@@ -521,6 +569,72 @@ class Registry:
                 routes,
                 action="routes.set",
                 acknowledge_incompatible=acknowledge_incompatible,
+                actor=actor,
+                reason=reason,
+            )
+        self.broadcast.kick()
+        return updated
+
+    async def stage_version(self, name: str, version: str, *, actor: str, reason: str) -> Deployment:
+        """Route `version` at weight 0 (workers load it, no traffic reaches it unpinned); a version
+        some route already names is left as it is, and so are all the other routes."""
+
+        def staged(routes: list[Route]) -> list[Route] | None:
+            return None if any(r.version == version for r in routes) else [*routes, Route(version, 0)]
+
+        return await self._edit_staged(
+            name,
+            version,
+            staged,
+            action="version.stage",
+            actor=actor,
+            reason=reason or f"stage {version} at weight 0",
+        )
+
+    async def unstage_version(self, name: str, version: str, *, actor: str, reason: str) -> Deployment:
+        """Remove the weight-0 route of `version`; a route with traffic is refused, none is a no-op."""
+
+        def unstaged(routes: list[Route]) -> list[Route] | None:
+            route = next((r for r in routes if r.version == version), None)
+            if route is not None and route.weight > 0:
+                raise FailedPrecondition(
+                    f"{version} carries {route.weight}% of {name}'s traffic; only a weight-0 (staged) "
+                    "route can be unstaged. Change the routes with SetRoutes instead"
+                )
+            return None if route is None else [r for r in routes if r.version != version]
+
+        return await self._edit_staged(
+            name,
+            version,
+            unstaged,
+            action="version.unstage",
+            actor=actor,
+            reason=reason or f"unstage {version}",
+        )
+
+    async def _edit_staged(
+        self,
+        name: str,
+        version: str,
+        edit: Callable[[list[Route]], list[Route] | None],
+        *,
+        action: str,
+        actor: str,
+        reason: str,
+    ) -> Deployment:
+        """Apply `edit` to the current routes under the row lock; None from it = nothing to change."""
+        check_semver(version)
+        async with self.db.transaction() as conn:
+            current = await self._deployment(conn, name, for_update=True)
+            routes = edit(list(current.routes))
+            if routes is None:
+                return current
+            updated = await self._change_routes(
+                conn,
+                current,
+                routes,
+                action=action,
+                acknowledge_incompatible=False,
                 actor=actor,
                 reason=reason,
             )
@@ -729,7 +843,11 @@ class Registry:
         async with self.db.connection() as conn:
             deployments = await repo.list_deployments(conn)
             workers = await repo.list_workers(conn, live_within=self.heartbeat_ttl)
-        return [_rollout(d, d.revision, workers) for d in deployments]
+        now = dt.datetime.now(dt.UTC)
+        return [
+            _rollout(d, d.revision, workers, now=now, lost_window=self.lost_worker_window)
+            for d in deployments
+        ]
 
     async def rollout_status(self, name: str, *, revision: int, wait_timeout_s: float) -> RolloutStatus:
         deadline = time.monotonic() + max(wait_timeout_s, 0.0)
@@ -737,7 +855,13 @@ class Registry:
             async with self.db.connection() as conn:
                 deployment = await self._deployment(conn, name)
                 workers = await repo.list_workers(conn, live_within=self.heartbeat_ttl)
-            status = _rollout(deployment, revision or deployment.revision, workers)
+            status = _rollout(
+                deployment,
+                revision or deployment.revision,
+                workers,
+                now=dt.datetime.now(dt.UTC),
+                lost_window=self.lost_worker_window,
+            )
             if status.converged or time.monotonic() >= deadline:
                 return status
             await asyncio.sleep(min(0.1, max(deadline - time.monotonic(), 0.0)))
@@ -745,13 +869,7 @@ class Registry:
     # ---- performance store ---------------------------------------------------------------------
 
     async def record_run(self, run: BenchmarkRun, *, actor: str) -> BenchmarkRun:
-        if not run.run_id or not run.suite:
-            raise InvalidArgument("a benchmark run needs run_id and suite")
-        if run.status not in ("running", "succeeded", "failed"):
-            raise InvalidArgument("run status must be running, succeeded or failed")
-        names = [m.name for m in run.metrics]
-        if len(names) != len(set(names)):
-            raise InvalidArgument("a run lists each metric once")
+        check_run(run)
         async with self.db.transaction() as conn:
             await self._version(conn, run.model_id, run.version)
             await repo.save_run(conn, run=dataclasses.replace(run, created_by=run.created_by or actor))
@@ -803,106 +921,113 @@ class Registry:
         return json.dumps(to_json(document), indent=2, sort_keys=True)
 
     async def import_json(self, text: str, *, actor: str) -> dict[str, int]:
+        """Import an export of `export_json`. Every entry is checked as the RPC that creates it
+        checks it; an error names the entry's JSON path, and nothing is imported unless all is."""
         try:
-            document = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidArgument(f"import is not valid JSON: {exc}") from exc
-        if not isinstance(document, dict) or document.get("format") != EXPORT_FORMAT:
-            raise InvalidArgument(f"import must be a registry export with format {EXPORT_FORMAT!r}")
-        counts = {
-            "models": 0,
-            "versions": 0,
-            "aliases": 0,
-            "deployments": 0,
-            "benchmark_runs": 0,
-            "unchanged": 0,
-        }
-        try:
+            # Parsing and type checks of up to 64 MiB are CPU work: off the event loop.
+            document = await asyncio.get_running_loop().run_in_executor(
+                None, read_import_document, text, EXPORT_FORMAT
+            )
+            counts = {
+                "models": 0,
+                "versions": 0,
+                "aliases": 0,
+                "deployments": 0,
+                "benchmark_runs": 0,
+                "unchanged": 0,
+            }
             async with self.db.transaction() as conn:
                 await self._import(conn, document, counts, actor)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidArgument(
-                f"import document is malformed ({type(exc).__name__}: {exc}); nothing imported"
-            ) from exc
+        except ModelyardError as exc:
+            raise type(exc)(f"{exc.message}; nothing was imported") from exc
         self.broadcast.kick()
         return counts
 
-    async def _import(self, conn: repo.Conn, doc: dict[str, Any], counts: dict[str, int], actor: str) -> None:
-        for data in doc.get("models", []):
-            model = Model(
-                data["model_id"],
-                data["model_type"],
-                data.get("description", ""),
-                data.get("tags", {}),
-                data.get("created_by", actor),
-            )
-            existing = await repo.get_model(conn, model_id=model.model_id)
-            if existing is not None:
-                _same_or_conflict("model", model.model_id, existing.model_type == model.model_type)
-                counts["unchanged"] += 1
-                continue
-            check_name("model_id", model.model_id)
-            check_model_type(model.model_type)
-            await repo.insert_model(conn, model=model)
-            counts["models"] += 1
-        for data in doc.get("versions", []):
-            version = version_from_json(data)
-            found = await repo.get_version(conn, model_id=version.model_id, version=version.version)
-            if found is not None:
-                _same_or_conflict(
-                    "version",
-                    f"{version.model_id} {version.version}",
-                    found.checkpoint_hash == version.checkpoint_hash,
+    async def _import(self, conn: repo.Conn, doc: ImportDocument, counts: dict[str, int], actor: str) -> None:
+        for path, model in doc.models:
+            with _entry(path):
+                check_model(model)
+                existing = await repo.get_model(conn, model_id=model.model_id)
+                if existing is not None:
+                    _same_or_conflict("model", model.model_id, existing.model_type == model.model_type)
+                    counts["unchanged"] += 1
+                    continue
+                await repo.insert_model(
+                    conn, model=dataclasses.replace(model, created_by=model.created_by or actor)
                 )
-                counts["unchanged"] += 1
-                continue
-            check_semver(version.version)
-            check_checkpoint_hash(version.checkpoint_hash)
-            await repo.insert_version(conn, version=version)
-            if version.status != "ready" or version.tags or version.description:
-                await repo.update_version(
-                    conn,
-                    model_id=version.model_id,
-                    version=version.version,
-                    tags=version.tags,
-                    description=version.description,
-                    status=version.status,
+                counts["models"] += 1
+        for path, version in doc.versions:
+            with _entry(path):
+                version = self._check_version(version)
+                found = await repo.get_version(conn, model_id=version.model_id, version=version.version)
+                if found is not None:
+                    _same_or_conflict(
+                        "version",
+                        f"{version.model_id} {version.version}",
+                        found.checkpoint_hash == version.checkpoint_hash,
+                    )
+                    counts["unchanged"] += 1
+                    continue
+                await self._model(conn, version.model_id)
+                await repo.insert_version(
+                    conn, version=dataclasses.replace(version, created_by=version.created_by or actor)
                 )
-            counts["versions"] += 1
-        for data in doc.get("aliases", []):
-            existing_alias = await repo.get_alias(conn, model_id=data["model_id"], alias=data["alias"])
-            if existing_alias is not None:
-                _same_or_conflict(
-                    "alias", f"{data['model_id']}:{data['alias']}", existing_alias.version == data["version"]
+                await self._audit_remote_code(conn, version, actor=actor)
+                if version.status != "ready" or version.tags or version.description:
+                    await repo.update_version(
+                        conn,
+                        model_id=version.model_id,
+                        version=version.version,
+                        tags=version.tags,
+                        description=version.description,
+                        status=version.status,
+                    )
+                counts["versions"] += 1
+        for path, alias in doc.aliases:
+            with _entry(path):
+                # An imported alias is a move without gates: they were checked where it was made.
+                check_name("alias", alias.alias)
+                existing_alias = await repo.get_alias(conn, model_id=alias.model_id, alias=alias.alias)
+                if existing_alias is not None:
+                    _same_or_conflict(
+                        "alias", f"{alias.model_id}:{alias.alias}", existing_alias.version == alias.version
+                    )
+                    counts["unchanged"] += 1
+                    continue
+                target = await self._alias_target(conn, alias.model_id, alias.version)
+                await repo.upsert_alias(
+                    conn, model_id=alias.model_id, alias=alias.alias, version=target.version
                 )
-                counts["unchanged"] += 1
-                continue
-            await repo.upsert_alias(
-                conn, model_id=data["model_id"], alias=data["alias"], version=data["version"]
-            )
-            counts["aliases"] += 1
-        for data in doc.get("deployments", []):
-            deployment = deployment_from_json(data)
-            existing_dep = await repo.get_deployment(conn, name=deployment.name)
-            if existing_dep is not None:
-                _same_or_conflict("deployment", deployment.name, existing_dep.routes == deployment.routes)
-                counts["unchanged"] += 1
-                continue
-            check_routes(deployment.routes)
-            versions = await self._routable(conn, deployment.model_id, deployment.routes)
-            deployment.signature = deployment.signature or _contract(deployment.routes, versions)
-            deployment.revision = await repo.next_revision(conn)
-            await repo.save_deployment(conn, deployment=deployment, create=True)
-            created = await repo.get_deployment(conn, name=deployment.name)
-            assert created is not None
-            await self._record(conn, None, created, action="registry.import", actor=actor, reason="import")
-            counts["deployments"] += 1
-        for data in doc.get("benchmark_runs", []):
-            if await repo.get_run(conn, run_id=data["run_id"], with_samples=False) is not None:
-                counts["unchanged"] += 1
-                continue
-            await repo.save_run(conn, run=_run_from_json(data))
-            counts["benchmark_runs"] += 1
+                counts["aliases"] += 1
+        for path, deployment in doc.deployments:
+            with _entry(path):
+                check_name("deployment name", deployment.name)
+                existing_dep = await repo.get_deployment(conn, name=deployment.name)
+                if existing_dep is not None:
+                    _same_or_conflict("deployment", deployment.name, existing_dep.routes == deployment.routes)
+                    counts["unchanged"] += 1
+                    continue
+                _, deployment.routes, versions = await self._new_deployment(
+                    conn, deployment.model_id, deployment.routes, deployment.follow_alias
+                )
+                deployment.signature = deployment.signature or _contract(deployment.routes, versions)
+                deployment.revision = await repo.next_revision(conn)
+                await repo.save_deployment(conn, deployment=deployment, create=True)
+                created = await repo.get_deployment(conn, name=deployment.name)
+                assert created is not None
+                await self._record(
+                    conn, None, created, action="registry.import", actor=actor, reason="import"
+                )
+                counts["deployments"] += 1
+        for path, run in doc.benchmark_runs:
+            with _entry(path):
+                check_run(run)
+                if await repo.get_run(conn, run_id=run.run_id, with_samples=False) is not None:
+                    counts["unchanged"] += 1
+                    continue
+                await self._version(conn, run.model_id, run.version)
+                await repo.save_run(conn, run=dataclasses.replace(run, created_by=run.created_by or actor))
+                counts["benchmark_runs"] += 1
         await repo.insert_audit(
             conn,
             actor=actor,
@@ -915,33 +1040,18 @@ class Registry:
         )
 
 
+@contextlib.contextmanager
+def _entry(path: str) -> Iterator[None]:
+    """A refusal of one import entry names its JSON path (`versions[3]: invalid version ...`)."""
+    try:
+        yield
+    except ModelyardError as exc:
+        raise type(exc)(f"{path}: {exc.message}") from exc
+
+
 def _same_or_conflict(kind: str, key: str, same: bool) -> None:
     if not same:
-        raise AlreadyExists(f"import conflicts with the existing {kind} {key}; nothing was imported")
-
-
-def _run_from_json(data: dict[str, Any]) -> BenchmarkRun:
-    def when(value: str | None) -> dt.datetime | None:
-        return dt.datetime.fromisoformat(value) if value else None
-
-    return BenchmarkRun(
-        run_id=data["run_id"],
-        suite=data["suite"],
-        model_id=data["model_id"],
-        version=data["version"],
-        deployment=data.get("deployment", ""),
-        status=data.get("status", "succeeded"),
-        error=data.get("error", ""),
-        conditions=data.get("conditions", {}),
-        hardware=data.get("hardware", ""),
-        started_at=when(data.get("started_at")),
-        finished_at=when(data.get("finished_at")),
-        metrics=[
-            Metric(m["name"], m["value"], m.get("unit", ""), m.get("samples", []))
-            for m in data.get("metrics", [])
-        ],
-        created_by=data.get("created_by", ""),
-    )
+        raise AlreadyExists(f"import conflicts with the existing {kind} {key}")
 
 
 def _contract(routes: Sequence[Route], versions: dict[str, ModelVersion]) -> Signature:
@@ -959,14 +1069,38 @@ def _audit_view(deployment: Deployment | None) -> dict[str, Any] | None:
     return data
 
 
-def _rollout(deployment: Deployment, revision: int, workers: Sequence[WorkerStatus]) -> RolloutStatus:
+def _rollout(
+    deployment: Deployment,
+    revision: int,
+    workers: Sequence[WorkerStatus],
+    *,
+    now: dt.datetime,
+    lost_window: dt.timedelta,
+) -> RolloutStatus:
+    """Where each worker serving `deployment` stands on `revision`.
+
+    A worker whose last heartbeat said `stopping` left on purpose and is not counted. One that went
+    silent without saying so (crashed, partitioned, SIGKILLed) is *lost* until `lost_window` after
+    its last heartbeat, and a rollout with a lost worker is not converged: the fleet may be short of
+    a replica. After the window it is dropped, so a fleet scaled down without a clean stop
+    converges again eventually.
+    """
     wanted = {r.version for r in deployment.routes}
     rollouts = []
     for worker in workers:
-        if not worker.live:
-            continue
         status = next((d for d in worker.deployments if d.deployment == deployment.name), None)
-        if status is None:
+        if status is None or worker.state == "stopping":
+            continue
+        if not worker.live:
+            silent = now - worker.last_seen if worker.last_seen else lost_window
+            if silent >= lost_window:
+                continue
+            detail = f"lost: no heartbeat for {silent.total_seconds():.0f} s"
+            rollouts.append(
+                WorkerRollout(
+                    worker.worker_id, status.revision, False, detail, lost=True, last_seen=worker.last_seen
+                )
+            )
             continue
         serving = {v.version for v in status.versions if v.state == "serving"}
         failed = [f"{v.version}: {v.last_error}" for v in status.versions if v.state == "failed"]
@@ -980,7 +1114,9 @@ def _rollout(deployment: Deployment, revision: int, workers: Sequence[WorkerStat
             detail = f"at revision {status.revision}"
         else:
             detail = f"loading {', '.join(missing)}"
-        rollouts.append(WorkerRollout(worker.worker_id, status.revision, converged, detail))
+        rollouts.append(
+            WorkerRollout(worker.worker_id, status.revision, converged, detail, last_seen=worker.last_seen)
+        )
     return RolloutStatus(
         deployment=deployment.name,
         revision=revision,

@@ -8,29 +8,37 @@ from grpc import aio
 
 from modelyard.api import registry_pb2 as pb
 from modelyard.api import registry_pb2_grpc
+from modelyard.common.auth import AccessPolicy, Role
 from modelyard.common.interceptors import current_actor
 from modelyard.registry import converters as cv
 from modelyard.registry.broadcast import WATCHERS
 from modelyard.registry.domain import Deployment, Model
 from modelyard.registry.service import Registry
 
-# RPCs that change state and therefore need an admin token when tokens are configured.
-WRITE_METHODS = frozenset(
+READ_METHODS = (
+    "GetModel",
+    "ListModels",
+    "GetVersion",
+    "ListVersions",
+    "ListAliases",
+    "GetDeployment",
+    "ListDeployments",
+    "CheckCompatibility",
+    "WatchDeployments",
+    "ListAuditEvents",
+    "ListWorkers",
+    "GetRolloutStatus",
+    "GetBenchmarkRun",
+    "ListBenchmarkRuns",
+    "GetVersionMetrics",
+    "ExportRegistry",
+)
+# Who may call what when tokens are configured; every other RPC (each change) is admin-only.
+POLICY = AccessPolicy.of(
     {
-        "CreateModel",
-        "RegisterVersion",
-        "UpdateVersion",
-        "ArchiveVersion",
-        "CleanupVersions",
-        "SetAlias",
-        "DeleteAlias",
-        "CreateDeployment",
-        "SetRoutes",
-        "RollbackDeployment",
-        "DeleteDeployment",
-        "ReportStatus",
-        "RecordBenchmarkRun",
-        "ImportRegistry",
+        READ_METHODS: (Role.READER, Role.WORKER, Role.BENCHMARK),
+        ("ReportStatus",): (Role.WORKER,),
+        ("StageVersion", "UnstageVersion", "RecordBenchmarkRun"): (Role.BENCHMARK,),
     }
 )
 
@@ -216,6 +224,18 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             request.deployment, request.model_id, request.version
         )
         return pb.CheckCompatibilityResponse(compatible=not differences, differences=differences)
+
+    async def StageVersion(self, request: pb.StageVersionRequest, context: Ctx) -> pb.Deployment:
+        deployment = await self.registry.stage_version(
+            request.name, request.version, actor=current_actor(), reason=request.reason
+        )
+        return cv.deployment_to_pb(deployment)
+
+    async def UnstageVersion(self, request: pb.UnstageVersionRequest, context: Ctx) -> pb.Deployment:
+        deployment = await self.registry.unstage_version(
+            request.name, request.version, actor=current_actor(), reason=request.reason
+        )
+        return cv.deployment_to_pb(deployment)
 
     async def WatchDeployments(
         self, request: pb.WatchDeploymentsRequest, context: Ctx

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
+from modelyard.common.artifact_roots import ARTIFACT_ROOTS_ENV, ArtifactRootsSetting, default_artifact_roots
 from modelyard.common.settings import ServerSettings
 
 
@@ -20,9 +21,7 @@ class RegistrySettings(ServerSettings):
     port: int = Field(50051, description="gRPC port; 0 picks a free one.")
     database_url: str | None = Field(
         None,
-        validation_alias=AliasChoices(
-            "database_url", "MODELYARD_DATABASE_URL", "MODELYARD_REGISTRY_DATABASE_URL"
-        ),
+        validation_alias=AliasChoices("MODELYARD_DATABASE_URL", "MODELYARD_REGISTRY_DATABASE_URL"),
         description="PostgreSQL URL; without it the registry starts a private PostgreSQL in data_dir.",
     )
     data_dir: Path = Field(
@@ -35,3 +34,21 @@ class RegistrySettings(ServerSettings):
     heartbeat_interval_ms: int = Field(1000, description="How often workers are asked to report.")
     heartbeat_ttl_s: float = Field(5.0, description="A worker silent for longer counts as gone.")
     startup_timeout_s: float = Field(60.0, description="How long to wait for the database at start.")
+    database_check_interval_s: float = Field(
+        1.0,
+        description="How often the registry checks that its embedded PostgreSQL still runs (and "
+        "restarts it when it died); unused with database_url.",
+    )
+    lost_worker_window_s: float = Field(
+        300.0,
+        description="A worker that served a deployment and went silent (longer than heartbeat_ttl_s) "
+        "without saying it was stopping shows as lost in rollout status, which keeps the rollout from "
+        "converging, for this long after its last heartbeat; then it is dropped.",
+    )
+    artifact_roots: ArtifactRootsSetting = Field(
+        default_factory=default_artifact_roots,
+        validation_alias=AliasChoices(ARTIFACT_ROOTS_ENV),
+        description="Comma-separated URL prefixes a version's source_uri must lie in (file:///srv/models/, "
+        "s3://bucket/models/), shared with the workers through MODELYARD_ARTIFACT_ROOTS; default: the "
+        "artifact store of `modelyard models import`.",
+    )

@@ -7,8 +7,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from modelyard.common.artifact_roots import ArtifactLocationError, ArtifactRoots
 from modelyard.common.errors import InvalidArgument
-from modelyard.registry.domain import MODEL_TYPES, Route
+from modelyard.registry.domain import MODEL_TYPES, RUN_STATUSES, BenchmarkRun, Model, ModelVersion, Route
 
 # SemVer 2.0.0, as published at semver.org.
 _SEMVER = re.compile(
@@ -55,10 +56,56 @@ def check_checkpoint_hash(value: str) -> str:
     return value
 
 
+def check_source_uri(uri: str, roots: ArtifactRoots) -> str:
+    """`uri` normalised, when it lies inside an artifact root (see modelyard.common.artifact_roots)."""
+    try:
+        return roots.check(uri)
+    except ArtifactLocationError as exc:
+        raise InvalidArgument(str(exc)) from None
+
+
 def check_model_type(value: str) -> str:
     if value not in MODEL_TYPES:
         raise InvalidArgument(f"invalid model type {value!r}: expected one of {', '.join(MODEL_TYPES)}")
     return value
+
+
+def check_model(model: Model) -> Model:
+    """What CreateModel and an imported model must satisfy."""
+    check_name("model_id", model.model_id)
+    check_model_type(model.model_type)
+    return model
+
+
+def check_version(version: ModelVersion) -> ModelVersion:
+    """What RegisterVersion and an imported version must satisfy, before any lookup."""
+    check_name("model_id", version.model_id)
+    check_semver(version.version)
+    check_checkpoint_hash(version.checkpoint_hash)
+    if not version.source_uri:
+        raise InvalidArgument("source_uri is required: where the artifact lives (a path or fsspec URL)")
+    if not version.loader:
+        raise InvalidArgument(
+            "loader is required: the model family, e.g. sentence-transformers, open-clip, hf-captioning"
+        )
+    cfg = version.inference_config
+    if cfg.max_batch_size < 0 or cfg.max_delay_ms < 0:
+        raise InvalidArgument("inference_config.max_batch_size and max_delay_ms must not be negative")
+    if version.lineage.parent_version:
+        check_semver(version.lineage.parent_version)
+    return version
+
+
+def check_run(run: BenchmarkRun) -> BenchmarkRun:
+    """What RecordBenchmarkRun and an imported run must satisfy, before any lookup."""
+    if not run.run_id or not run.suite:
+        raise InvalidArgument("a benchmark run needs run_id and suite")
+    if run.status not in RUN_STATUSES:
+        raise InvalidArgument("run status must be running, succeeded or failed")
+    names = [m.name for m in run.metrics]
+    if len(names) != len(set(names)):
+        raise InvalidArgument("a run lists each metric once")
+    return run
 
 
 def check_routes(routes: Sequence[Route]) -> list[Route]:

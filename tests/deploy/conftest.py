@@ -1,4 +1,4 @@
-"""Fixtures for the external tools the deploy/ tests drive; a missing tool skips (fails in CI)."""
+"""Fixtures for the external tools the deploy/ tests drive; a missing tool fails the test."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def kubectl() -> str:
     path = require_tool("kubectl", "renders the kustomize overlays")
     probe = subprocess.run([path, "kustomize", "--help"], capture_output=True, text=True, check=False)
     if probe.returncode != 0:
-        pytest.skip(f"{path} has no `kustomize` subcommand; {INSTALL_HINT}")
+        pytest.fail(f"{path} has no `kustomize` subcommand; {INSTALL_HINT}")
     return path
 
 

@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
-INSTALL_HINT = "run deploy/tools/install-ci-tools.sh"
+INSTALL_HINT = "`make test` installs it (or run `make tools`, i.e. deploy/tools/install-ci-tools.sh)"
 
 
 def find_tool(name: str) -> str | None:
@@ -24,12 +24,9 @@ def find_tool(name: str) -> str | None:
 
 
 def require_tool(name: str, why: str) -> str:
-    """Path of `name`; skips the test when it is missing, except in CI, where that is a failure
-    (CI installs every tool, so a missing one means the install step broke)."""
+    """Path of `name`; a missing tool fails the test (never skips it): `make test` installs every
+    tool these tests need, so a missing one means the set-up is incomplete, not the test optional."""
     path = find_tool(name)
-    if path is not None:
-        return path
-    reason = f"{name} is not installed ({why}); {INSTALL_HINT}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
+    if path is None:
+        pytest.fail(f"{name} is not installed ({why}); {INSTALL_HINT}")
+    return path

@@ -1,11 +1,16 @@
-"""deploy/k8s: every overlay renders with kustomize and every object validates offline against
-the Kubernetes schemas; the properties the platform relies on hold in the rendered output."""
+"""deploy/k8s: every overlay renders with kustomize (after deploy/tools/make-secrets.py, as an
+operator runs it) and every object validates offline against the Kubernetes schemas; the
+properties the platform relies on hold in the rendered output, least privilege included."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
+import shutil
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -15,7 +20,8 @@ from deploy_tools import DEPLOY
 
 K8S = DEPLOY / "k8s"
 KUBERNETES_VERSION = "1.37.0"
-BUILDS = ["base", "overlays/dev", "overlays/gpu"]
+BUILDS = ["base", "overlays/dev", "overlays/gpu", "overlays/dev-tls-monitoring"]
+OVERLAYS = BUILDS[1:]
 # Custom resources: their schemas come with the operator's CRDs, not with Kubernetes, so
 # kubernetes-validate has none. Their shape is checked by hand in test_service_monitor below.
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
@@ -26,17 +32,46 @@ METRICS_PORTS = {"registry": 9101, "worker": 9102, "benchmark": 9103}
 Objects = list[dict[str, Any]]
 
 
-def render(kubectl: str, build: str) -> Objects:
+def render(kubectl: str, root: Path, build: str) -> Objects:
     result = subprocess.run(
-        [kubectl, "kustomize", str(K8S / build)], capture_output=True, text=True, check=False, timeout=60
+        [kubectl, "kustomize", str(root / build)], capture_output=True, text=True, check=False, timeout=60
     )
     assert result.returncode == 0, f"kubectl kustomize {build} failed:\n{result.stderr}"
     return [obj for obj in yaml.safe_load_all(result.stdout) if obj]
 
 
+def make_secrets(overlay: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(DEPLOY / "tools" / "make-secrets.py"), str(overlay), *extra],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def rendered(kubectl: str) -> dict[str, Objects]:
-    return {build: render(kubectl, build) for build in BUILDS}
+def k8s_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """deploy/k8s as an operator prepares it: secrets generated per overlay, plus an overlay that
+    adds both optional components."""
+    root = tmp_path_factory.mktemp("k8s") / "k8s"
+    shutil.copytree(K8S, root, ignore=shutil.ignore_patterns("secrets"))
+    assert make_secrets(root / "overlays/dev").returncode == 0
+    assert (
+        make_secrets(
+            root / "overlays/gpu", "--database-url", "postgresql://m:pw@db:5432/modelyard"
+        ).returncode
+        == 0
+    )
+    full = root / "overlays/dev-tls-monitoring"
+    full.mkdir()
+    (full / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../dev]\n"
+        "components: [../../components/tls, ../../components/prometheus-operator]\n"
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def rendered(kubectl: str, k8s_copy: Path) -> dict[str, Objects]:
+    return {build: render(kubectl, k8s_copy, build) for build in BUILDS}
 
 
 def find(objects: Objects, kind: str, name: str) -> dict[str, Any]:
@@ -77,7 +112,7 @@ def test_every_object_validates_against_the_kubernetes_schemas(
 def test_the_validator_rejects_a_broken_object(rendered: dict[str, Objects]) -> None:
     # Guards the test above against validating nothing: strict mode must catch a typo.
     broken = copy.deepcopy(find(rendered["base"], "Deployment", "modelyard-registry"))
-    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grcp"] = {"port": 50051}
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGte"] = {"port": 9101}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
 
@@ -96,9 +131,10 @@ def test_servers_have_native_grpc_probes_metrics_and_a_long_enough_grace(
         role = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
         pod = deployment["spec"]["template"]
         (container,) = pod["spec"]["containers"]
-        assert container["readinessProbe"]["grpc"]["port"] == GRPC_PORTS[role], name
+        # HTTP on the metrics port (it follows gRPC health, and works when gRPC speaks TLS).
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, name
         if role != "worker":
-            assert container["livenessProbe"]["grpc"]["port"] == GRPC_PORTS[role], name
+            assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}, name
         pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
         assert pod["spec"]["terminationGracePeriodSeconds"] > pre_stop + server_grace, name
         annotations = pod["metadata"]["annotations"]
@@ -120,9 +156,7 @@ def test_servers_have_native_grpc_probes_metrics_and_a_long_enough_grace(
 
 
 @pytest.mark.parametrize("build", BUILDS)
-def test_registry_is_replicated_protected_and_reads_its_secrets(
-    rendered: dict[str, Objects], build: str
-) -> None:
+def test_registry_is_replicated_and_protected(rendered: dict[str, Objects], build: str) -> None:
     objects = rendered[build]
     registry = find(objects, "Deployment", "modelyard-registry")
     assert registry["spec"]["replicas"] == 2
@@ -132,16 +166,102 @@ def test_registry_is_replicated_protected_and_reads_its_secrets(
         pdb["spec"]["selector"]["matchLabels"].items()
         <= registry["spec"]["template"]["metadata"]["labels"].items()
     )
-    env = env_of(registry["spec"]["template"]["spec"]["containers"][0])
-    secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
-    for variable, key in [
-        ("MODELYARD_DATABASE_URL", "url"),
-        ("MODELYARD_ADMIN_TOKENS", "admin-tokens"),
-        ("MODELYARD_READER_TOKENS", "reader-tokens"),
-    ]:
-        ref = env[variable]["secretKeyRef"]
-        assert ref["key"] == key
-        assert key in secrets[ref["name"]]["stringData"], f"{variable}: {ref} names no existing key"
+
+
+def test_the_base_ships_no_secret(rendered: dict[str, Objects]) -> None:
+    assert [o for o in rendered["base"] if o["kind"] == "Secret"] == []
+    committed = "\n".join(p.read_text() for p in K8S.rglob("*.yaml"))
+    assert "change-me" not in committed and "modelyard-dev" not in committed
+
+
+def _secret_values(objects: Objects) -> dict[str, dict[str, str]]:
+    return {
+        o["metadata"]["name"]: {k: base64.b64decode(v).decode().strip() for k, v in o.get("data", {}).items()}
+        for o in objects
+        if o["kind"] == "Secret"
+    }
+
+
+ROLE_SECRETS = {
+    # What each pod may hold: its own token at most, and verifiers (sha256) of its callers'.
+    "registry": ({"url"}, {"ADMIN_TOKENS", "READER_TOKENS", "WORKER_TOKENS", "BENCHMARK_TOKENS"}, None),
+    "worker": (set(), {"ADMIN_TOKENS", "READER_TOKENS", "BENCHMARK_TOKENS"}, "modelyard-worker-token"),
+    "benchmark": (set(), {"ADMIN_TOKENS", "READER_TOKENS"}, "modelyard-benchmark-token"),
+}
+
+
+@pytest.mark.parametrize("build", OVERLAYS)
+def test_each_pod_gets_only_its_own_token_and_verifiers(rendered: dict[str, Objects], build: str) -> None:
+    objects = rendered[build]
+    secrets = _secret_values(objects)
+    tokens = {}
+    for deployment in modelyard_deployments(objects):
+        name = deployment["metadata"]["name"]
+        role = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
+        other_keys, verifier_keys, own_secret = ROLE_SECRETS[role]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e
+                and "secretKeyRef" in e["valueFrom"]}  # fmt: skip
+        for variable, ref in refs.items():
+            value = secrets[ref["name"]][ref["key"]]  # every reference resolves to a generated key
+            if variable == "MODELYARD_TOKEN":
+                assert ref["name"].startswith(f"{own_secret}-"), f"{name} holds another role's token"
+                tokens[role] = value
+            elif ref["name"].startswith("modelyard-verifiers-"):
+                assert ref["key"] in verifier_keys, f"{name} checks {ref['key']}"
+                assert variable == f"MODELYARD_{ref['key']}"
+                for entry in value.split(","):
+                    token_name, _, verifier = entry.partition(":")
+                    assert token_name and verifier.startswith("sha256:") and len(verifier) == 71, entry
+            else:
+                assert ref["key"] in other_keys, f"{name} reads {ref}"
+        assert {
+            r["key"] for r in refs.values() if r["name"].startswith("modelyard-verifiers-")
+        } == verifier_keys
+        assert ("MODELYARD_TOKEN" in refs) == (own_secret is not None), name
+    assert tokens["worker"] != tokens["benchmark"]
+
+
+def test_make_secrets_keeps_what_exists_and_needs_a_database(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text("resources: []\n")
+    refused = make_secrets(overlay)
+    assert refused.returncode == 2 and "--database-url" in refused.stderr
+    assert make_secrets(overlay, "--database-url", "postgresql://a:b@c/d").returncode == 0
+    first = {p.name: p.read_text() for p in (overlay / "secrets").iterdir()}
+    assert make_secrets(overlay).returncode == 0
+    assert {p.name: p.read_text() for p in (overlay / "secrets").iterdir()} == first
+    assert all(((overlay / "secrets" / name).stat().st_mode & 0o077) == 0 for name in first)
+    assert sorted(first) == [
+        "admin.token",
+        "benchmark.env",
+        "database.env",
+        "reader.token",
+        "verifiers.env",
+        "worker.env",
+    ]
+
+
+def test_tls_component_puts_every_server_and_client_on_tls(rendered: dict[str, Objects]) -> None:
+    objects = rendered["overlays/dev-tls-monitoring"]
+    for deployment in modelyard_deployments(objects):
+        spec = deployment["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        env = env_of(container)
+        assert env["MODELYARD_TLS"] == "true" and env["MODELYARD_TLS_SERVER_NAME"] == "modelyard.internal"
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "tls")
+        assert env["MODELYARD_TLS_CERT_FILE"].startswith(mount["mountPath"] + "/")
+        assert env["MODELYARD_TLS_KEY_FILE"].startswith(mount["mountPath"] + "/")
+        assert (
+            next(v for v in spec["volumes"] if v["name"] == "tls")["secret"]["secretName"] == "modelyard-tls"
+        )
+    for service in (
+        o for o in objects if o["kind"] == "Service" and "modelyard.io/job" in o["metadata"]["labels"]
+    ):
+        assert all("appProtocol" not in p for p in service["spec"]["ports"]), "gRPC is TLS now, not h2c"
+    assert not any(e for d in modelyard_deployments(rendered["overlays/dev"])
+                   for e in d["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "MODELYARD_TLS")  # fmt: skip
 
 
 @pytest.mark.parametrize("build", BUILDS)
@@ -161,8 +281,10 @@ def test_services_select_their_pods_and_expose_grpc_and_metrics(
     }
 
 
-def test_service_monitor(rendered: dict[str, Objects]) -> None:
-    monitor = find(rendered["base"], "ServiceMonitor", "modelyard")
+def test_service_monitor_is_an_optional_component(rendered: dict[str, Objects]) -> None:
+    for build in ("base", "overlays/dev", "overlays/gpu"):
+        assert not [o for o in rendered[build] if o["kind"] == "ServiceMonitor"], f"{build} needs the CRDs"
+    monitor = find(rendered["overlays/dev-tls-monitoring"], "ServiceMonitor", "modelyard")
     assert monitor["spec"]["jobLabel"] == "modelyard.io/job"
     assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
     jobs = {
@@ -181,8 +303,9 @@ def test_dev_overlay_runs_postgres_and_points_the_registry_at_it(rendered: dict[
     assert (
         service["spec"]["selector"].items() <= statefulset["spec"]["template"]["metadata"]["labels"].items()
     )
-    url = find(objects, "Secret", "modelyard-database")["stringData"]["url"]
-    credentials = find(objects, "Secret", "postgres")["stringData"]
+    secrets = {name.rsplit("-", 1)[0]: values for name, values in _secret_values(objects).items()}
+    url = secrets["modelyard-database"]["url"]
+    credentials = secrets["postgres"]
     expected = (
         f"postgresql://{credentials['POSTGRES_USER']}:{credentials['POSTGRES_PASSWORD']}"
         f"@postgres:{service['spec']['ports'][0]['port']}/{credentials['POSTGRES_DB']}"

@@ -1,5 +1,7 @@
 """The demo flow as a user runs it: `modelyard up` and every step through `modelyard` subprocesses
-(tiny text models instead of MiniLM, to stay fast on two cores)."""
+(tiny text models instead of MiniLM, to stay fast on two cores), in two configurations: the
+default (no auth, plaintext, loopback) and the one users deploy — admin and reader tokens and TLS
+on every server and client."""
 
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ import pytest
 from support import free_port, single_error_line
 from worker_support import text_request
 
+from modelyard.api import grpc_predict_v2_pb2 as oip
 from modelyard.api import grpc_predict_v2_pb2_grpc as oip_grpc
+from modelyard.common.auth import new_token
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 DEPLOYMENT = "text-embedding"
@@ -35,6 +39,9 @@ class Stack:
     state: dict[str, Any]
     env: dict[str, str]
     root: Path
+    production: bool = False
+    admin_token: str = ""
+    reader_token: str = ""
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
@@ -52,6 +59,25 @@ class Stack:
     def json(self, *args: str) -> Any:
         return json.loads(self.cli("--json", *args).stdout)
 
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "modelyard.cli.main", *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def channel(self, address: str) -> grpc.Channel:
+        """A channel as a backend service would open it: TLS with the stack's CA when it is on."""
+        if not self.production:
+            return grpc.insecure_channel(address)
+        ca = Path(self.state["tls_ca_file"]).read_bytes()
+        return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca))
+
+    def call_metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.reader_token}")] if self.production else []
+
     def pids(self) -> list[int]:
         return [
             self.state["registry"]["pid"],
@@ -60,11 +86,24 @@ class Stack:
         ]
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    root = Path(tempfile.mkdtemp(prefix="modelyard-e2e-"))
+@pytest.fixture(scope="module", params=["default", "production"])
+def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    production = request.param == "production"
+    root = Path(tempfile.mkdtemp(prefix=f"modelyard-e2e-{request.param}-"))
     root.chmod(0o755)  # the embedded PostgreSQL may run as an unprivileged user
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MODELYARD_ARTIFACT_STORE": str(root / "artifacts")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "MODELYARD_ARTIFACT_STORE": str(root / "artifacts"),
+    }
+    admin_token, reader_token = (new_token(), new_token()) if production else ("", "")
+    extra: list[str] = []
+    if production:
+        # The user's own tokens, as an operator sets them; `up --tls` makes the certificates.
+        env["MODELYARD_ADMIN_TOKENS"] = f"ops:{admin_token}"
+        env["MODELYARD_READER_TOKENS"] = f"dash:{reader_token}"
+        extra = ["--tls"]
     up = subprocess.Popen(
         [
             sys.executable,
@@ -79,6 +118,7 @@ def stack() -> Iterator[Stack]:
             "0",
             "--skip-seed",
             DEPLOYMENT,
+            *extra,
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -96,7 +136,13 @@ def stack() -> Iterator[Stack]:
     state = json.loads(state_file.read_text())
     env["MODELYARD_REGISTRY_ADDRESS"] = state["registry"]["address"]
     env["MODELYARD_BENCHMARK_ADDRESS"] = state["benchmark"]["address"]
-    yield Stack(up, state, env, root)
+    if production:
+        for name in ("MODELYARD_ADMIN_TOKENS", "MODELYARD_READER_TOKENS"):
+            del env[name]  # the CLI is a client: it holds one token, not the servers' lists
+        env.update(
+            MODELYARD_TOKEN=admin_token, MODELYARD_TLS="true", MODELYARD_TLS_CA_FILE=state["tls_ca_file"]
+        )
+    yield Stack(up, state, env, root, production, admin_token, reader_token)
     if up.poll() is None:
         up.kill()
         up.wait()
@@ -111,20 +157,23 @@ def tiny_text(stack: Stack) -> Path:
 
 
 class SteadyLoad:
-    def __init__(self, address: str) -> None:
+    """A backend calling ModelInfer back to back (with a reader token over TLS in production)."""
+
+    def __init__(self, stack: Stack, address: str) -> None:
         self.versions: Counter[str] = Counter()
         self.failures: list[str] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(address,), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(stack, address), daemon=True)
         self._thread.start()
 
-    def _run(self, address: str) -> None:
-        with grpc.insecure_channel(address) as channel:
+    def _run(self, stack: Stack, address: str) -> None:
+        metadata = stack.call_metadata()
+        with stack.channel(address) as channel:
             stub = oip_grpc.GRPCInferenceServiceStub(channel)
             while not self._stop.is_set():
                 try:
                     response = stub.ModelInfer(
-                        text_request(DEPLOYMENT, ["hello world", "a red fox"]), timeout=30
+                        text_request(DEPLOYMENT, ["hello world", "a red fox"]), timeout=30, metadata=metadata
                     )
                     self.versions[response.model_version] += 1
                 except grpc.RpcError as error:
@@ -166,9 +215,21 @@ def test_upgrade_flow_benchmark_promote_switch_rollback(stack: Stack, tiny_text:
     )
     staged = stack.json("deployments", "set-routes", DEPLOYMENT, "1.0.0=100", "1.1.0=0", "--wait")
     assert staged["rollout"]["converged"] is True
+    # The change stream (a server stream: it carries its token like every unary call), from here
+    # on: the canary, the promotion and the rollback.
+    watch = stack.popen(
+        "--json",
+        "deployments",
+        "watch",
+        DEPLOYMENT,
+        "--since",
+        str(staged["deployment"]["revision"]),
+        "--count",
+        "3",
+    )
 
     worker = next(w for w in stack.state["workers"] if w["deployment"] == DEPLOYMENT)
-    load = SteadyLoad(worker["address"])
+    load = SteadyLoad(stack, worker["address"])
     try:
         runs = stack.json("bench", "run", DEPLOYMENT, "1.0.0", "1.1.0", "--suite", "stdlib-docstrings")
         assert [r["version"] for r in runs] == ["1.0.0", "1.1.0"]
@@ -181,6 +242,18 @@ def test_upgrade_flow_benchmark_promote_switch_rollback(stack: Stack, tiny_text:
         assert {m["metric"] for m in comparison["metrics"]} >= {"recall@10", "ndcg@10"}
         markdown = stack.cli("bench", "export", runs[0]["run_id"], runs[1]["run_id"], "--format", "markdown")
         assert "recall@10" in markdown.stdout
+
+        canary = stack.json("deployments", "canary", DEPLOYMENT, "1.1.0", "--weight", "30", "--wait")
+        assert canary["rollout"]["converged"] is True
+        assert [(r["version"], r["weight"]) for r in canary["deployment"]["routes"]] == [
+            ("1.0.0", 70),
+            ("1.1.0", 30),
+        ]
+        before = load.versions["1.1.0"]
+        deadline = time.monotonic() + 10
+        while load.versions["1.1.0"] <= before + 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert load.versions["1.1.0"] > before + 3, "the canary gets traffic"
 
         # A gate above what was measured is refused, naming the metric; nothing switches.
         refused = stack.cli(
@@ -218,8 +291,8 @@ def test_upgrade_flow_benchmark_promote_switch_rollback(stack: Stack, tiny_text:
 
         rolled = stack.json("deployments", "rollback", DEPLOYMENT, "--wait")
         assert [(r["version"], r.get("weight", 0)) for r in rolled["deployment"]["routes"]] == [
-            ("1.0.0", 100),
-            ("1.1.0", 0),
+            ("1.0.0", 70),
+            ("1.1.0", 30),
         ]
         time.sleep(0.5)
     finally:
@@ -227,7 +300,12 @@ def test_upgrade_flow_benchmark_promote_switch_rollback(stack: Stack, tiny_text:
     assert load.failures == []
     assert load.versions["1.0.0"] > 0 and load.versions["1.1.0"] > 0
     actions = [e["action"] for e in stack.json("deployments", "history", DEPLOYMENT)]
-    assert actions[:3] == ["deployment.rollback", "alias.follow", "routes.set"]
+    assert actions[:4] == ["deployment.rollback", "alias.follow", "routes.set", "routes.set"]
+
+    out, err = watch.communicate(timeout=30)
+    assert watch.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["action"] for e in events] == ["routes.set", "alias.follow", "deployment.rollback"]
 
 
 def test_user_mistakes_are_one_line_with_distinct_exit_codes(stack: Stack, tmp_path: Path) -> None:
@@ -262,6 +340,65 @@ def test_user_mistakes_are_one_line_with_distinct_exit_codes(stack: Stack, tmp_p
 
     down = stack.cli("--registry", f"127.0.0.1:{free_port()}", "models", "list", check=False)
     assert down.returncode == 4 and "is `modelyard up` running?" in single_error_line(down.stderr)
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").partition("=")[::2] for item in raw if item)
+
+
+def test_each_process_holds_only_its_own_credentials(stack: Stack) -> None:
+    services = {
+        "registry": stack.state["registry"]["pid"],
+        "benchmark": stack.state["benchmark"]["pid"],
+        **{w["name"]: w["pid"] for w in stack.state["workers"]},
+    }
+    environs = {name: _environ(pid) for name, pid in services.items()}
+    tokens = {name: env.get("MODELYARD_TOKEN", "") for name, env in environs.items()}
+    if not stack.production:
+        assert set(tokens.values()) == {""}
+        return
+    for name, env in environs.items():
+        text = "\n".join(f"{k}={v}" for k, v in env.items())
+        assert stack.admin_token not in text and stack.reader_token not in text, f"{name} holds a user token"
+        assert env["MODELYARD_TLS"] == "true" and env["MODELYARD_TLS_CERT_FILE"], name
+    assert tokens["registry"] == "", "the registry calls nobody: it holds verifiers only"
+    clients = [t for name, t in tokens.items() if name != "registry"]
+    assert all(clients) and len(set(clients)) == len(clients), "each client process has its own token"
+
+
+def test_tokens_and_tls_are_enforced_when_on(stack: Stack) -> None:
+    anonymous = {k: v for k, v in stack.env.items() if k != "MODELYARD_TOKEN"}
+    listed = subprocess.run(
+        [sys.executable, "-m", "modelyard.cli.main", "models", "list"],
+        env=anonymous, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    reader = stack.cli(
+        "--token", stack.reader_token or "unused", "deployments", "rollback", DEPLOYMENT, check=False
+    )
+    plaintext = {k: v for k, v in stack.env.items() if not k.startswith("MODELYARD_TLS")}
+    insecure = subprocess.run(
+        [sys.executable, "-m", "modelyard.cli.main", "--timeout", "3", "models", "list"],
+        env=plaintext, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if not stack.production:
+        assert listed.returncode == 0 and insecure.returncode == 0
+        return
+    assert listed.returncode == 3 and "missing credentials" in single_error_line(listed.stderr)
+    assert reader.returncode == 3
+    assert "'dash' holds a reader token, which may not call RollbackDeployment" in single_error_line(
+        reader.stderr
+    )
+    assert insecure.returncode == 4, insecure.stderr
+    single_error_line(insecure.stderr)
+    # The backend's reader token over TLS may call models; without a token it may not.
+    worker = next(w for w in stack.state["workers"] if w["deployment"] == "captioning")
+    with stack.channel(worker["address"]) as channel:
+        stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerReady(oip.ServerReadyRequest(), timeout=10, metadata=stack.call_metadata()).ready
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ServerReady(oip.ServerReadyRequest(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_sigterm_stops_every_process(stack: Stack) -> None:

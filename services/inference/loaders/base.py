@@ -53,10 +53,21 @@ def use_intra_op_threads(count: int) -> None:
 
 
 def decode_texts(items: list[bytes], name: str) -> list[str]:
+    """UTF-8 bytes -> str. The data plane has checked each element's size against the version's
+    limit before this (`limits.TextLimit`): decoding and tokenizing cost grows with the bytes."""
     try:
         return [item.decode("utf-8") for item in items]
     except UnicodeDecodeError as exc:
-        raise BadInput(f"input {name!r}: element is not valid UTF-8 ({exc.reason})") from exc
+        index = next(i for i, item in enumerate(items) if not _is_utf8(item))
+        raise BadInput(f"input {name!r}: element {index} is not valid UTF-8 ({exc.reason})") from exc
+
+
+def _is_utf8(item: bytes) -> bool:
+    try:
+        item.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def decode_images(items: list[bytes], name: str) -> list[Any]:
@@ -87,10 +98,13 @@ class ModelRuntime(ABC):
         """Import the family's libraries, so a worker can do it once at start (see `preimport_all`)."""
         import torch  # noqa: F401
 
-    def __init__(self, spec: VersionSpec, path: Path) -> None:
+    def __init__(self, spec: VersionSpec, path: Path, *, allow_remote_code: bool = False) -> None:
         self.spec = spec
         self.path = path
         self.device = "cpu"
+        # The worker operator's setting: code from the artifact runs only when it and the version
+        # both say so (see `remote_code.trust_remote_code`).
+        self.allow_remote_code = allow_remote_code
 
     @abstractmethod
     def load(self) -> None: ...
@@ -195,7 +209,7 @@ def loader_names() -> list[str]:
     return sorted(_LOADERS)
 
 
-def create_runtime(spec: VersionSpec, path: Path) -> ModelRuntime:
+def create_runtime(spec: VersionSpec, path: Path, *, allow_remote_code: bool = False) -> ModelRuntime:
     try:
         cls = _LOADERS[spec.loader]
     except KeyError:
@@ -203,4 +217,4 @@ def create_runtime(spec: VersionSpec, path: Path) -> ModelRuntime:
             f"version {spec.model_id}:{spec.version} names loader {spec.loader!r}; "
             f"this worker has {', '.join(loader_names())}"
         ) from None
-    return cls(spec, path)
+    return cls(spec, path, allow_remote_code=allow_remote_code)

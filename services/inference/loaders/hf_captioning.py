@@ -16,6 +16,7 @@ from modelyard.inference.loaders.base import (
     resolve_device,
 )
 from modelyard.inference.loaders.open_clip import sample_png
+from modelyard.inference.loaders.remote_code import refuse_custom_code, trust_remote_code
 
 
 @register_loader
@@ -42,10 +43,11 @@ class CaptioningRuntime(ModelRuntime):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        trust = trust_remote_code(self.spec, self.allow_remote_code)
+        refuse_custom_code(self.spec, self.path, trusted=trust)
         self.device = resolve_device(self.spec.config.device)
         config = json.loads((self.path / "config.json").read_text())
         kind = config.get("model_type", "")
-        trust = self.spec.config.trust_remote_code
         common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust}
         model: Any
         if kind == "blip":
@@ -76,14 +78,17 @@ class CaptioningRuntime(ModelRuntime):
         )
 
     def prepare(self, input_name: str, items: list[bytes]) -> list[Any]:
+        """Decoded and resized here, before batching: what waits in the queue is the model's input
+        size (a few hundred pixels a side), not each full-size decoded image."""
         if input_name != "image":
             raise BadInput(f"input {input_name!r} is not accepted; this model takes `image` BYTES [N]")
-        return decode_images(items, input_name)
+        images = decode_images(items, input_name)
+        return list(self.image_processor(images=images, return_tensors="pt")["pixel_values"])
 
     def predict(self, input_name: str, items: list[Any]) -> Outputs:
         import torch
 
-        pixels = self.image_processor(images=items, return_tensors="pt")["pixel_values"]
+        pixels = torch.stack(items)
         with torch.inference_mode():
             tokens = self.model.generate(
                 pixel_values=pixels.to(self.device, dtype=self.dtype),

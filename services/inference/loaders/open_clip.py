@@ -17,6 +17,7 @@ from modelyard.inference.loaders.base import (
     register_loader,
     resolve_device,
 )
+from modelyard.inference.loaders.remote_code import check_open_clip, trust_remote_code
 
 
 @register_loader
@@ -35,6 +36,8 @@ class OpenClipRuntime(ModelRuntime):
         import open_clip
         import torch
 
+        # open_clip takes no trust_remote_code: an HF text tower's config never gets to run code.
+        check_open_clip(self.spec, self.path, trusted=trust_remote_code(self.spec, self.allow_remote_code))
         self.device = resolve_device(self.spec.config.device)
         source = f"local-dir:{self.path}"
         model, _, preprocess = open_clip.create_model_and_transforms(

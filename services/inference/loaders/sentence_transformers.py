@@ -37,6 +37,7 @@ from modelyard.inference.loaders.base import (
     register_loader,
     resolve_device,
 )
+from modelyard.inference.loaders.remote_code import check_sentence_transformer, trust_remote_code
 
 log = logging.getLogger("modelyard.inference.loaders")
 
@@ -76,12 +77,14 @@ class SentenceTransformerRuntime(ModelRuntime):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        trust = trust_remote_code(self.spec, self.allow_remote_code)
+        check_sentence_transformer(self.spec, self.path, trusted=trust)
         self.device = resolve_device(self.spec.config.device)
         model = SentenceTransformer(
             str(self.path),
             device=self.device,
             local_files_only=True,
-            trust_remote_code=self.spec.config.trust_remote_code,
+            trust_remote_code=trust,
         )
         if self.spec.config.max_sequence_length > 0:
             model.max_seq_length = self.spec.config.max_sequence_length

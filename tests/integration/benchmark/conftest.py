@@ -48,7 +48,7 @@ async def stack(registry: object, tmp_path: Path) -> AsyncIterator[Stack]:
     bench = ServerProcess(
         [
             *("-m", "modelyard.benchmark", "--registry", address, "--port", "0", "--metrics-port", "0"),
-            *("--stage-timeout-s", "120", "--grace-period-s", "1"),
+            *("--stage-timeout-s", "120", "--grace-period-s", "1", "--dataset-dir", str(tmp_path)),
         ]
     )
     try:

@@ -60,7 +60,8 @@ async def test_staged_versions_are_benchmarked_stored_compared_and_exported(
     assert [e.version for e in events if e.phase == "staging"] == ["1.1.0"]
     assert await stack.routes(DEPLOYMENT) == {"1.0.0": 100}  # unstaged afterwards
     audit = await stack.registry.ListAuditEvents(rpb.ListAuditEventsRequest(entity_id=DEPLOYMENT))
-    assert sum("stage 1.1.0" in e.reason for e in audit.events) == 2  # staged, then unstaged
+    assert [e.action for e in audit.events][:2] == ["version.unstage", "version.stage"]
+    assert "benchmark run" in audit.events[1].reason and "1.1.0" in audit.events[0].reason
     for run in runs:
         assert run.conditions["worker"] == worker.address
         assert run.conditions["worker.device"] == "cpu"
@@ -177,7 +178,27 @@ async def test_bad_input_is_refused_or_recorded_as_a_failed_run(
         len((await stack.registry.ListBenchmarkRuns(rpb.ListBenchmarkRunsRequest(model_id="tiny"))).runs) == 0
     )
 
-    # An unreachable worker is a run that failed, recorded with the reason and no metrics.
+    # A worker the registry does not list is never called: the service would send it its token.
+    unlisted = await refused(_request("1.0.0", worker=nowhere))
+    assert unlisted.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert f"{nowhere} is not one the registry lists" in (unlisted.details() or "")
+    # Nor does it read datasets outside its dataset directories.
+    outside = await refused(_request("1.0.0", suite="beir:/etc", worker=nowhere))
+    assert outside.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "outside the benchmark service's dataset directories" in (outside.details() or "")
+    assert (
+        len((await stack.registry.ListBenchmarkRuns(rpb.ListBenchmarkRunsRequest(model_id="tiny"))).runs) == 0
+    )
+
+    # A listed worker that stopped answering is a run that failed, recorded with the reason and no
+    # metrics. (Its heartbeat is still fresh: the registry lists it.)
+    ghost = rpb.WorkerStatus(
+        worker_id="ghost",
+        address=nowhere,
+        state="serving",
+        deployments=[rpb.DeploymentStatus(deployment=DEPLOYMENT, revision=1)],
+    )
+    await stack.registry.ReportStatus(rpb.ReportStatusRequest(status=ghost))
     _, (run,) = await _run(stack, _request("1.0.0", worker=nowhere, stage_unrouted=True))
     assert run.status == rpb.RUN_STATUS_FAILED
     assert nowhere in run.error and "unreachable" in run.error, run.error

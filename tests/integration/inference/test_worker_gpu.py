@@ -9,9 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from worker_support import deployment_spec, version_spec
+from worker_support import artifact_cache, deployment_spec, version_spec
 
-from modelyard.inference.artifacts import ArtifactCache
 from modelyard.inference.dataplane import DataPlane
 from modelyard.inference.deployments import DeploymentApplier
 from modelyard.inference.domain import InferenceRequest, InputTensor
@@ -49,7 +48,7 @@ async def test_cuda_memory_after_20_swap_cycles_and_fp16_throughput(tmp_path: Pa
 
     infer, load = ThreadPoolExecutor(2), ThreadPoolExecutor(1)
     table = RoutingTable()
-    applier = DeploymentApplier(table, ArtifactCache(tmp_path), load)
+    applier = DeploymentApplier(table, artifact_cache(tmp_path), load)
     plane = DataPlane(table, infer)
     fp32 = version_spec(minilm_dir, "1.0.0", model_id="minilm", device="cuda", max_batch_size=64)
     fp16 = version_spec(

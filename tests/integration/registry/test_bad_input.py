@@ -41,7 +41,7 @@ def _version(
         version=pb.ModelVersion(
             model_id=model_id,
             version=version,
-            source_uri="/m",
+            source_uri="/models/m",
             loader="sentence-transformers",
             checkpoint_hash=checkpoint(version) if hash_ is None else hash_,
         )

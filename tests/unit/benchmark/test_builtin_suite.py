@@ -54,12 +54,17 @@ def test_builtin_suite_metadata_matches_its_files() -> None:
 @pytest.mark.slow
 def test_build_script_reproduces_the_committed_files(tmp_path: Path) -> None:
     meta = json.loads((SUITES_DIR / SUITE / "suite.json").read_text())
-    if platform.python_version() not in meta["source"]:
-        pytest.skip(f"suite was built from {meta['source']}, this is Python {platform.python_version()}")
     script = SUITES_DIR / "build_stdlib_docstrings.py"
     copy = tmp_path / script.name
     copy.write_text(script.read_text())
     subprocess.run([sys.executable, str(copy)], check=True, cwd=tmp_path, capture_output=True)
+    if platform.python_version() not in meta["source"]:
+        # Another Python has other docstrings: the script must still build a suite of the same shape
+        # (only the CUDA tests may skip, so this checks what it can instead).
+        rebuilt_meta = json.loads((tmp_path / SUITE / "suite.json").read_text())
+        assert rebuilt_meta.keys() == meta.keys()
+        assert platform.python_version() in rebuilt_meta["source"]
+        return
     for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv", "suite.json"):
         committed = (SUITES_DIR / SUITE / name).read_text()
         rebuilt = (tmp_path / SUITE / name).read_text()

@@ -26,7 +26,7 @@ from modelyard.benchmark.runner import (
 )
 from modelyard.benchmark.servicer import BenchmarkServicer
 from modelyard.benchmark.store import InMemoryRunStore
-from modelyard.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from modelyard.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 from .conftest import WriteDataset
 
@@ -80,7 +80,7 @@ class FakeStager:
         self.worker = worker
         self.calls: list[str] = []
 
-    async def stage(self, deployment: str, version: str) -> None:
+    async def stage(self, deployment: str, version: str, *, reason: str = "") -> None:
         self.calls.append(f"stage {version}")
         self.worker.loaded.add(version)
 
@@ -95,7 +95,7 @@ def _runner(worker: FakeWorker, stager: FakeStager | None = None) -> tuple[Bench
     def connect(address: str, deployment: str) -> WorkerClient:
         return worker
 
-    return BenchmarkRunner(store, connect, stager=stager), store
+    return BenchmarkRunner(store, connect, stager=stager, call_named_workers=True), store
 
 
 def _spec(suite: str, *versions: str, **extra: object) -> RunSpec:
@@ -273,3 +273,46 @@ async def test_without_worker_or_registry_the_run_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="no registry"):
         await anext(runner.run(dataclasses.replace(_spec("stdlib-docstrings", "good"), worker="")))
     assert (await store.list())[0] == []
+
+
+class FixedDirectory:
+    """The registry's view: one live worker of the deployment."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    async def workers(self, deployment: str) -> list[WorkerInfo]:
+        return [WorkerInfo("w1", self.address, frozenset({"good"}))]
+
+    async def version_conditions(self, model_id: str, version: str) -> dict[str, str]:
+        return {}
+
+
+async def test_a_named_worker_the_registry_does_not_list_is_never_called() -> None:
+    """The service sends its token to the worker: it must not go to an address a caller chose."""
+    worker = FakeWorker()
+    dialled: list[str] = []
+
+    def connect(address: str, deployment: str) -> WorkerClient:
+        dialled.append(address)
+        return worker
+
+    runner = BenchmarkRunner(InMemoryRunStore(), connect, directory=FixedDirectory("10.0.0.7:8001"))
+    with pytest.raises(PermissionDenied, match=r"not one the registry lists .* \(10.0.0.7:8001\)"):
+        await anext(
+            runner.run(dataclasses.replace(_spec("stdlib-docstrings", "good"), worker="evil.example:443"))
+        )
+    assert dialled == []
+    events = [
+        e
+        async for e in runner.run(
+            dataclasses.replace(_spec("stdlib-docstrings", "good"), worker="10.0.0.7:8001")
+        )
+    ]
+    assert dialled == ["10.0.0.7:8001"] and events[-1].run is not None
+
+
+async def test_without_a_registry_a_service_holding_credentials_calls_no_named_worker() -> None:
+    runner = BenchmarkRunner(InMemoryRunStore(), lambda address, deployment: FakeWorker())
+    with pytest.raises(FailedPrecondition, match="holds credentials"):
+        await anext(runner.run(_spec("stdlib-docstrings", "good")))

@@ -7,8 +7,9 @@ import multiprocessing
 from pathlib import Path
 
 import pytest
+from worker_support import artifact_cache
 
-from modelyard.inference.artifacts import LOCK_DIR, ArtifactCache, checkpoint_hash
+from modelyard.inference.artifacts import LOCK_DIR, checkpoint_hash
 from modelyard.inference.errors import ArtifactUnavailable, CheckpointMismatch
 
 
@@ -41,7 +42,7 @@ def test_hash_changes_with_content_and_names_but_not_location(tmp_path: Path) ->
 
 def test_resolve_copies_verifies_and_reuses_by_hash(tmp_path: Path) -> None:
     source = _tree(tmp_path / "model")
-    cache = ArtifactCache(tmp_path / "cache")
+    cache = artifact_cache(tmp_path / "cache")
     expected = checkpoint_hash(source)
     local = cache.resolve(f"file://{source}", expected)
     assert checkpoint_hash(local) == expected
@@ -52,7 +53,7 @@ def test_resolve_copies_verifies_and_reuses_by_hash(tmp_path: Path) -> None:
 
 def test_mismatched_hash_is_refused_and_nothing_is_cached(tmp_path: Path) -> None:
     source = _tree(tmp_path / "model")
-    cache = ArtifactCache(tmp_path / "cache")
+    cache = artifact_cache(tmp_path / "cache")
     wrong = "f" * 64
     with pytest.raises(CheckpointMismatch, match=f"registered with {wrong}"):
         cache.resolve(str(source), wrong)
@@ -60,7 +61,7 @@ def test_mismatched_hash_is_refused_and_nothing_is_cached(tmp_path: Path) -> Non
 
 
 def test_missing_artifact_and_malformed_hash_are_refused(tmp_path: Path) -> None:
-    cache = ArtifactCache(tmp_path / "cache")
+    cache = artifact_cache(tmp_path / "cache")
     with pytest.raises(ArtifactUnavailable):
         cache.resolve(str(tmp_path / "missing"), "a" * 64)
     with pytest.raises(CheckpointMismatch, match="not a sha256"):
@@ -68,7 +69,7 @@ def test_missing_artifact_and_malformed_hash_are_refused(tmp_path: Path) -> None
 
 
 def _resolve_and_rehash(root: str, source: str, expected: str) -> str:
-    path = ArtifactCache(root).resolve(source, expected)
+    path = artifact_cache(Path(root)).resolve(source, expected)
     return checkpoint_hash(path)  # reads every file, as a loader would, while others may still resolve
 
 

@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 import pytest_asyncio
-from worker_support import deployment_spec, version_spec
+from worker_support import artifact_cache, deployment_spec, version_spec
 
-from modelyard.inference.artifacts import ArtifactCache
 from modelyard.inference.dataplane import DataPlane
 from modelyard.inference.deployments import DeploymentApplier
 from modelyard.inference.domain import InferenceRequest, InputTensor
 from modelyard.inference.errors import BadInput, ModelNotFound
+from modelyard.inference.limits import Admission
 from modelyard.inference.routing import RoutingTable
 
 
@@ -34,8 +34,9 @@ class Plane:
 async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
     infer, load = ThreadPoolExecutor(2), ThreadPoolExecutor(1)
     table = RoutingTable()
-    applier = DeploymentApplier(table, ArtifactCache(tmp_path / "cache"), load)
-    yield Plane(table, DataPlane(table, infer), applier)
+    applier = DeploymentApplier(table, artifact_cache(tmp_path / "cache"), load)
+    # The canary test sends 400 requests at once, over the default admission limit (256 items).
+    yield Plane(table, DataPlane(table, infer, admission=Admission(limit=1000)), applier)
     await applier.close()
     infer.shutdown()
     load.shutdown()

@@ -9,11 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest_asyncio
-from worker_support import registry_version
+from worker_support import artifact_cache, registry_version
 
 from modelyard.api import registry_pb2 as rpb
 from modelyard.common.settings import ClientSettings
-from modelyard.inference.artifacts import ArtifactCache
 from modelyard.inference.deployments import DeploymentApplier
 from modelyard.inference.registry_sync import RegistrySync
 from modelyard.inference.routing import RoutingTable
@@ -24,7 +23,7 @@ Kind = rpb.WatchDeploymentsResponse
 @pytest_asyncio.fixture(loop_scope="session")
 async def sync(tmp_path: Path) -> AsyncIterator[RegistrySync]:
     load = ThreadPoolExecutor(1)
-    applier = DeploymentApplier(RoutingTable(), ArtifactCache(tmp_path), load)
+    applier = DeploymentApplier(RoutingTable(), artifact_cache(tmp_path), load)
     yield RegistrySync(
         "127.0.0.1:1", applier, deployments=["a", "b"], worker_id="w1", advertise_address="w:1",
         client=ClientSettings(),
