@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 TOOLS_STAMP := $(VENV)/.deploy-tools
 PROTO_SRC := $(wildcard protos/modelyard/api/*.proto)
 GEN_DIR := build/proto
+# modelyard.* as installed (services/X is modelyard.X), linked for mypy; see pyproject's [tool.mypy].
+TYPECHECK := build/typecheck/modelyard
 GENERATE = rm -rf $(GEN_DIR) && mkdir -p $(GEN_DIR) && $(PY) -m grpc_tools.protoc -I protos \
 	--python_out=$(GEN_DIR) --grpc_python_out=$(GEN_DIR) --mypy_out=$(GEN_DIR) --mypy_grpc_out=$(GEN_DIR) \
 	--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
@@ -23,7 +25,7 @@ export TOKENIZERS_PARALLELISM := false
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch is named here and pinned in constraints.txt, so pip never pulls a CUDA build.
-	$(PIP) install --disable-pip-version-check -q -c constraints.txt "torch==2.13.0" -e '.[dev]'
+	$(PIP) install --disable-pip-version-check -q -c constraints.txt "torch==2.13.0" -e '.[server,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -56,6 +58,8 @@ proto-check: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check services tests
 	$(VENV)/bin/ruff format --check services tests
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)
+	for d in services/*/; do ln -s ../../../$$d $(TYPECHECK)/$$(basename $$d); done
 	$(VENV)/bin/mypy
 
 # Every test runs; only the CUDA tests skip without a GPU, and -rs prints why.

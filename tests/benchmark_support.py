@@ -5,13 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from registry_support import Stub as RegistryStub
 from support import ServerProcess
 from worker_support import registry_version
 
 from modelyard.api import benchmark_pb2_grpc
 from modelyard.api import registry_pb2 as rpb
-from modelyard.api import registry_pb2_grpc as rpb_grpc
+
+# The generated stub on a grpc.aio channel; its awaitable type exists only in the type stubs.
+if TYPE_CHECKING:
+    from modelyard.api.benchmark_pb2_grpc import BenchmarkServiceAsyncStub as BenchStub
+else:
+    BenchStub = benchmark_pb2_grpc.BenchmarkServiceStub
 
 TINY_DIM = 32
 
@@ -21,15 +28,15 @@ class Stack:
     """Registry (in this process), benchmark service (own process), stubs to both."""
 
     registry_address: str
-    registry: rpb_grpc.RegistryServiceStub
-    bench: benchmark_pb2_grpc.BenchmarkServiceStub
+    registry: RegistryStub
+    bench: BenchStub
     bench_process: ServerProcess
     spawn_worker: Callable[[str], ServerProcess]
 
-    async def register(self, path: Path, version: str, *, model_id: str, dim: int, **config: object) -> None:
+    async def register(self, path: Path, version: str, *, model_id: str, dim: int, **config: Any) -> None:
         await self.registry.RegisterVersion(
             rpb.RegisterVersionRequest(
-                version=registry_version(path, version, model_id=model_id, dim=dim, **config),  # type: ignore[arg-type]
+                version=registry_version(path, version, model_id=model_id, dim=dim, **config),
                 create_model=True,
                 model_type=rpb.TEXT_EMBEDDING,
             )

@@ -112,7 +112,7 @@ async def _load(address: str, channels: int, items: int, deployment: str) -> Non
         window = await _window(stubs[: int(clients)], request, float(seconds), float(backoff_s))
         print(json.dumps(window), flush=True)
     for channel in opened:
-        await channel.close()
+        await channel.close(None)
 
 
 async def _window(
@@ -175,7 +175,7 @@ class LoadProcess:
         self.proc.stdin.flush()
 
     def result(self) -> dict[str, dict[str, float]]:
-        return json.loads(self._line())  # type: ignore[no-any-return]
+        return json.loads(self._line())
 
     def close(self) -> None:
         self.proc.kill()

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from typing import TYPE_CHECKING
+
+from grpc import aio
 
 from modelyard.api import registry_pb2 as pb
 from modelyard.api import registry_pb2_grpc
 
-Stub = registry_pb2_grpc.RegistryServiceStub
+# The generated stub on a grpc.aio channel; its awaitable type exists only in the type stubs.
+if TYPE_CHECKING:
+    from modelyard.api.registry_pb2_grpc import RegistryServiceAsyncStub as Stub
+else:
+    Stub = registry_pb2_grpc.RegistryServiceStub
 
 
 def checkpoint(version: str) -> str:
@@ -47,3 +55,13 @@ async def deploy(stub: Stub, name: str, routes: dict[str, int], *, model_id: str
 
 def routes_pb(routes: dict[str, int]) -> list[pb.Route]:
     return [pb.Route(version=v, weight=w) for v, w in routes.items()]
+
+
+async def next_event(
+    stream: aio.UnaryStreamCall[pb.WatchDeploymentsRequest, pb.WatchDeploymentsResponse], timeout_s: float
+) -> pb.WatchDeploymentsResponse:
+    """The next message of a WatchDeployments stream, waiting at most `timeout_s`."""
+    message = await asyncio.wait_for(stream.read(), timeout_s)
+    # read() answers grpc.aio.EOF (untyped in the stubs) once the stream has ended.
+    assert isinstance(message, pb.WatchDeploymentsResponse), f"the watch stream ended: {message}"
+    return message

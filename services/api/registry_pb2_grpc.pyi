@@ -46,6 +46,10 @@ class RegistryServiceStub:
     CleanupVersions: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CleanupVersionsRequest, _registry_pb2.CleanupVersionsResponse]
     SetAlias: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetAliasRequest, _registry_pb2.SetAliasResponse]
     """Aliases and promotion."""
+    PromoteVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.PromoteVersionRequest, _registry_pb2.SetAliasResponse]
+    """Promote a version for one deployment: move the alias (gates checked) and route the deployment
+    100% to the version, in one transaction; a deployment that follows the alias switches with it.
+    """
     DeleteAlias: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteAliasRequest, _registry_pb2.DeleteAliasResponse]
     ListAliases: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListAliasesRequest, _registry_pb2.ListAliasesResponse]
     CreateDeployment: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreateDeploymentRequest, _registry_pb2.Deployment]
@@ -94,6 +98,10 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     CleanupVersions: _aio.UnaryUnaryMultiCallable[_registry_pb2.CleanupVersionsRequest, _registry_pb2.CleanupVersionsResponse]  # type: ignore[assignment]
     SetAlias: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetAliasRequest, _registry_pb2.SetAliasResponse]  # type: ignore[assignment]
     """Aliases and promotion."""
+    PromoteVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.PromoteVersionRequest, _registry_pb2.SetAliasResponse]  # type: ignore[assignment]
+    """Promote a version for one deployment: move the alias (gates checked) and route the deployment
+    100% to the version, in one transaction; a deployment that follows the alias switches with it.
+    """
     DeleteAlias: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteAliasRequest, _registry_pb2.DeleteAliasResponse]  # type: ignore[assignment]
     ListAliases: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListAliasesRequest, _registry_pb2.ListAliasesResponse]  # type: ignore[assignment]
     CreateDeployment: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreateDeploymentRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
@@ -199,6 +207,16 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.SetAliasResponse, _abc.Awaitable[_registry_pb2.SetAliasResponse]]:
         """Aliases and promotion."""
+
+    @_abc_1.abstractmethod
+    def PromoteVersion(
+        self,
+        request: _registry_pb2.PromoteVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.SetAliasResponse, _abc.Awaitable[_registry_pb2.SetAliasResponse]]:
+        """Promote a version for one deployment: move the alias (gates checked) and route the deployment
+        100% to the version, in one transaction; a deployment that follows the alias switches with it.
+        """
 
     @_abc_1.abstractmethod
     def DeleteAlias(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from modelyard.benchmark.results import MetricResult, RunRecord, higher_is_better, is_per_request
 from modelyard.benchmark.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_difference
 from modelyard.common.errors import FailedPrecondition
+from modelyard.common.states import RunStatus
 
 BASELINE, CANDIDATE, TIE, MIXED = "baseline", "candidate", "tie", "mixed"
 FINGERPRINT = "dataset_fingerprint"
@@ -119,7 +120,7 @@ def compare_runs(
     """Every metric both runs measured, in the baseline's order. Overall winner: the side that wins
     at least one metric and loses none; `tie` when neither wins any; `mixed` when both do."""
     for run in (baseline, candidate):
-        if run.status != "succeeded":
+        if run.status != RunStatus.SUCCEEDED:
             raise FailedPrecondition(f"run {run.run_id} is {run.status}; only succeeded runs can be compared")
     if baseline.suite != candidate.suite:
         raise FailedPrecondition(

@@ -9,15 +9,10 @@ from modelyard.benchmark.catalog import SuiteInfo, int_option
 from modelyard.benchmark.compare import Comparison
 from modelyard.benchmark.load import LoadPlan
 from modelyard.benchmark.results import MetricResult, RunRecord
-from modelyard.benchmark.runner import FAILED, RUNNING, SUCCEEDED, ProgressEvent, RunSpec
+from modelyard.benchmark.runner import ProgressEvent, RunSpec
+from modelyard.common.states import RUN_STATUS_FROM_PB, RUN_STATUS_TO_PB
 from modelyard.common.timestamps import to_timestamp
 
-_STATUS_TO_PB = {
-    RUNNING: registry_pb2.RUN_STATUS_RUNNING,
-    SUCCEEDED: registry_pb2.RUN_STATUS_SUCCEEDED,
-    FAILED: registry_pb2.RUN_STATUS_FAILED,
-}
-_STATUS_FROM_PB = {v: k for k, v in _STATUS_TO_PB.items()}
 DEFAULT_BATCH_SIZE = 8
 
 
@@ -28,7 +23,7 @@ def run_to_pb(run: RunRecord) -> registry_pb2.BenchmarkRun:
         model_id=run.model_id,
         version=run.version,
         deployment=run.deployment,
-        status=_STATUS_TO_PB.get(run.status, registry_pb2.RUN_STATUS_UNSPECIFIED),
+        status=RUN_STATUS_TO_PB.get(run.status, registry_pb2.RUN_STATUS_UNSPECIFIED),
         error=run.error,
         conditions=run.conditions,
         hardware=run.hardware,
@@ -38,10 +33,11 @@ def run_to_pb(run: RunRecord) -> registry_pb2.BenchmarkRun:
             for m in run.metrics
         ],
     )
-    if run.started_at is not None:
-        message.started_at.CopyFrom(to_timestamp(run.started_at))
-    if run.finished_at is not None:
-        message.finished_at.CopyFrom(to_timestamp(run.finished_at))
+    started, finished = to_timestamp(run.started_at), to_timestamp(run.finished_at)
+    if started is not None:
+        message.started_at.CopyFrom(started)
+    if finished is not None:
+        message.finished_at.CopyFrom(finished)
     return message
 
 
@@ -54,7 +50,7 @@ def run_from_pb(message: registry_pb2.BenchmarkRun) -> RunRecord:
         metrics=tuple(
             MetricResult(m.name, m.value, m.unit, tuple(float(x) for x in m.samples)) for m in message.metrics
         ),
-        status=_STATUS_FROM_PB.get(message.status, "unspecified"),
+        status=RUN_STATUS_FROM_PB.get(message.status, "unspecified"),
         error=message.error,
         deployment=message.deployment,
         conditions=dict(message.conditions),

@@ -19,7 +19,6 @@ _COMPARISON_COLUMNS = (
     "metric", "unit", "baseline", "candidate", "delta", "ci_low", "ci_high",
     "higher_is_better", "winner", "paired", "baseline_samples", "candidate_samples",
 )  # fmt: skip
-_RUN_COLUMNS = ("run_id", "suite", "model_id", "version", "status", "metric", "value", "unit", "samples")
 
 
 def _check(fmt: str) -> str:
@@ -57,15 +56,6 @@ def _run_header(run: RunRecord) -> dict[str, Any]:
     }
 
 
-def _run_json(run: RunRecord, include_samples: bool) -> dict[str, Any]:
-    metrics = []
-    for m in run.metrics:
-        entry: dict[str, Any] = {"name": m.name, "value": _number(m.value), "unit": m.unit}
-        entry["samples"] = list(m.samples) if include_samples else len(m.samples)
-        metrics.append(entry)
-    return {**_run_header(run), "metrics": metrics}
-
-
 def export_comparison(comparison: Comparison, fmt: str) -> str:
     rows = [{column: getattr(m, column) for column in _COMPARISON_COLUMNS} for m in comparison.metrics]
     if _check(fmt) == "json":
@@ -100,39 +90,6 @@ def export_comparison(comparison: Comparison, fmt: str) -> str:
             f"| {_md(m.metric)} {arrow} | {_cell(m.baseline)}{unit} | {_cell(m.candidate)}{unit} "
             f"| {_cell(m.delta)} | {interval} | {m.winner} |"
         )
-    return "\n".join(lines) + "\n"
-
-
-def export_runs(runs: Sequence[RunRecord], fmt: str, *, include_samples: bool = False) -> str:
-    if _check(fmt) == "json":
-        return json.dumps([_run_json(r, include_samples) for r in runs], indent=2) + "\n"
-    rows = [
-        {
-            "run_id": r.run_id,
-            "suite": r.suite,
-            "model_id": r.model_id,
-            "version": r.version,
-            "status": r.status,
-            "metric": m.name,
-            "value": m.value,
-            "unit": m.unit,
-            "samples": len(m.samples),
-        }
-        for r in runs
-        for m in r.metrics
-    ]
-    if fmt == "csv":
-        return _csv(_RUN_COLUMNS, rows)
-    lines = ["| run | suite | model | version | status | metric | value |", "|---|---|---|---|---|---|---|"]
-    for r in runs:
-        if not r.metrics:
-            lines.append(f"| {r.run_id} | {_md(r.suite)} | {r.model_id} | {r.version} | {r.status} | | |")
-        for m in r.metrics:
-            unit = f" {m.unit}" if m.unit else ""
-            lines.append(
-                f"| {r.run_id} | {_md(r.suite)} | {r.model_id} | {r.version} | {r.status} "
-                f"| {_md(m.name)} | {_cell(m.value)}{unit} |"
-            )
     return "\n".join(lines) + "\n"
 
 

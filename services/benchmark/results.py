@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from modelyard.common.states import RunStatus
+
 # Metric names are `<base>` or `<base>@<k>` with an optional `[c=<concurrency>]` level suffix.
 _LOWER_IS_BETTER_PREFIXES = ("latency", "error_rate", "seconds")
 _LEVEL_SUFFIX = re.compile(r"\[.*\]$")
@@ -64,7 +66,7 @@ class RunRecord:
     model_id: str
     version: str
     metrics: tuple[MetricResult, ...]
-    status: str = "succeeded"
+    status: str = RunStatus.SUCCEEDED
     error: str = ""
     deployment: str = ""
     conditions: dict[str, str] = field(default_factory=dict)

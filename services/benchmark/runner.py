@@ -26,15 +26,14 @@ from modelyard.benchmark.retrieval import Progress, RetrievalSuite
 from modelyard.benchmark.store import RunStore
 from modelyard.common.errors import FailedPrecondition, InvalidArgument, ModelyardError, PermissionDenied
 from modelyard.common.log import event
+from modelyard.common.states import RunStatus
 
 log = logging.getLogger("modelyard.benchmark")
 T = TypeVar("T")
 
-RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
-
 
 class WorkerClient(Protocol):
-    """What a run needs from one worker deployment; `OipClient` is the real one."""
+    """What a run needs from one worker deployment; `oip.WorkerDeployment` is the real one."""
 
     async def model_ready(self, version: str) -> bool: ...
 
@@ -228,7 +227,7 @@ class BenchmarkRunner:
         metrics: tuple[MetricResult, ...] = ()
         conditions: dict[str, str] = {}
         worker_conditions: dict[str, str] = {}
-        status, error = SUCCEEDED, ""
+        status, error = RunStatus.SUCCEEDED, ""
         try:
             if not await worker.model_ready(version):
                 if not spec.stage_unrouted:
@@ -261,9 +260,12 @@ class BenchmarkRunner:
                 yield progress
             metrics, conditions = measured[0]
         except ModelyardError as failure:
-            status, error = FAILED, failure.message
+            status, error = RunStatus.FAILED, failure.message
         except Exception as failure:  # the run is recorded as failed; the service keeps going
-            status, error = FAILED, f"unexpected {type(failure).__name__}; see the benchmark service log"
+            status, error = (
+                RunStatus.FAILED,
+                f"unexpected {type(failure).__name__}; see the benchmark service log",
+            )
             event(log, "run.crashed", logging.ERROR, run_id=run_id, version=version, exc=repr(failure))
         finally:
             if staged and self.stager is not None:
@@ -285,7 +287,7 @@ class BenchmarkRunner:
             model_id=spec.model_id,
             version=version,
             # A failed run keeps no metrics: nothing half-measured is ever recorded.
-            metrics=metrics if status == SUCCEEDED else (),
+            metrics=metrics if status == RunStatus.SUCCEEDED else (),
             status=status,
             error=error,
             deployment=spec.deployment,

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from grpc import aio
-
 from modelyard.api import benchmark_pb2, benchmark_pb2_grpc
-from modelyard.benchmark.oip import OipClient
+from modelyard.benchmark.oip import WorkerDeployment
 from modelyard.benchmark.registry_store import RegistryRunStore
 from modelyard.benchmark.runner import BenchmarkRunner, WorkerClient
 from modelyard.benchmark.servicer import BenchmarkServicer
 from modelyard.benchmark.settings import BenchmarkSettings
 from modelyard.benchmark.staging import RegistryDirectory, RegistryVersionStager
 from modelyard.benchmark.store import InMemoryRunStore, RunStore
+from modelyard.client import ClientSettings, RegistryClient
 from modelyard.common.auth import AccessPolicy, Role
-from modelyard.common.channel import open_channel
 from modelyard.common.server import GrpcServer
-from modelyard.common.settings import ClientSettings
 
 SERVICE_NAME = benchmark_pb2.DESCRIPTOR.services_by_name["BenchmarkService"].full_name
 # RunBenchmark stages versions and writes runs, so it is admin-only (the policy's default).
@@ -27,20 +24,19 @@ POLICY = AccessPolicy.of({("GetRun", "ListRuns", "Compare", "ListSuites"): (Role
 class BenchmarkServer:
     def __init__(self, settings: BenchmarkSettings, *, client: ClientSettings | None = None) -> None:
         self.settings = settings
-        self.client = client or ClientSettings(timeout_s=settings.worker_timeout_s)
-        self._registry_channel: aio.Channel | None = None
+        # Token and TLS from the environment (MODELYARD_TOKEN, MODELYARD_TLS...); deadlines per peer.
+        self.client = (client or ClientSettings()).model_copy(update={"timeout_s": settings.worker_timeout_s})
+        self._registry: RegistryClient | None = None
         store: RunStore
         stager: RegistryVersionStager | None = None
         directory: RegistryDirectory | None = None
         if settings.registry:
-            self._registry_channel = open_channel(settings.registry, self.client)
-            store = RegistryRunStore(self._registry_channel, timeout_s=settings.registry_timeout_s)
-            stager = RegistryVersionStager(
-                self._registry_channel,
-                timeout_s=settings.registry_timeout_s,
-                rollout_timeout_s=settings.stage_timeout_s,
+            self._registry = RegistryClient(
+                settings.registry, self.client, timeout_s=settings.registry_timeout_s
             )
-            directory = RegistryDirectory(self._registry_channel, timeout_s=settings.registry_timeout_s)
+            store = RegistryRunStore(self._registry)
+            stager = RegistryVersionStager(self._registry, rollout_timeout_s=settings.stage_timeout_s)
+            directory = RegistryDirectory(self._registry)
         else:
             store = InMemoryRunStore()
         holds_credentials = bool(self.client.token or self.client.tls_client_cert_file)
@@ -64,7 +60,7 @@ class BenchmarkServer:
         )
 
     def _connect(self, address: str, deployment: str) -> WorkerClient:
-        return OipClient(address, deployment, settings=self.client)
+        return WorkerDeployment(address, deployment, settings=self.client)
 
     @property
     def address(self) -> str:
@@ -76,5 +72,5 @@ class BenchmarkServer:
 
     async def stop(self) -> None:
         await self.grpc.stop()
-        if self._registry_channel is not None:
-            await self._registry_channel.close(None)
+        if self._registry is not None:
+            await self._registry.close()

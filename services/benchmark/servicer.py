@@ -25,7 +25,7 @@ class BenchmarkServicer(benchmark_pb2_grpc.BenchmarkServiceServicer):
         self.runner = runner
         self.store = store
 
-    async def RunBenchmark(  # type: ignore[override]
+    async def RunBenchmark(
         self, request: benchmark_pb2.RunBenchmarkRequest, context: aio.ServicerContext
     ) -> AsyncIterator[benchmark_pb2.RunBenchmarkProgress]:
         principal = principal_var.get()
@@ -33,13 +33,13 @@ class BenchmarkServicer(benchmark_pb2_grpc.BenchmarkServiceServicer):
         async for progress in self.runner.run(spec):
             yield converters.progress_to_pb(progress)
 
-    async def GetRun(  # type: ignore[override]
+    async def GetRun(
         self, request: benchmark_pb2.GetRunRequest, context: aio.ServicerContext
     ) -> registry_pb2.BenchmarkRun:
         run = await self.store.get(request.run_id, with_samples=not request.without_samples)
         return converters.run_to_pb(run)
 
-    async def ListRuns(  # type: ignore[override]
+    async def ListRuns(
         self, request: benchmark_pb2.ListRunsRequest, context: aio.ServicerContext
     ) -> benchmark_pb2.ListRunsResponse:
         runs, next_token = await self.store.list(
@@ -53,7 +53,7 @@ class BenchmarkServicer(benchmark_pb2_grpc.BenchmarkServiceServicer):
             runs=[converters.run_to_pb(r) for r in runs], next_page_token=next_token
         )
 
-    async def Compare(  # type: ignore[override]
+    async def Compare(
         self, request: benchmark_pb2.CompareRequest, context: aio.ServicerContext
     ) -> benchmark_pb2.CompareResponse:
         resamples = request.resamples or DEFAULT_RESAMPLES
@@ -65,7 +65,7 @@ class BenchmarkServicer(benchmark_pb2_grpc.BenchmarkServiceServicer):
         export = export_comparison(comparison, request.export_format) if request.export_format else ""
         return converters.comparison_to_pb(comparison, export)
 
-    async def ListSuites(  # type: ignore[override]
+    async def ListSuites(
         self, request: benchmark_pb2.ListSuitesRequest, context: aio.ServicerContext
     ) -> benchmark_pb2.ListSuitesResponse:
         return benchmark_pb2.ListSuitesResponse(suites=[converters.suite_to_pb(s) for s in list_suites()])

@@ -8,11 +8,11 @@ import time
 from collections import Counter
 
 import grpc
-from grpc import aio
 
-from modelyard.api import registry_pb2, registry_pb2_grpc
+from modelyard.api import registry_pb2
 from modelyard.benchmark.registry_store import registry_failure
 from modelyard.benchmark.runner import WorkerInfo
+from modelyard.client import ModelyardError, RegistryClient
 from modelyard.common.errors import FailedPrecondition
 from modelyard.common.log import event
 
@@ -30,14 +30,12 @@ class RegistryVersionStager:
 
     def __init__(
         self,
-        channel: aio.Channel,
+        registry: RegistryClient,
         *,
-        timeout_s: float = 10.0,
         rollout_timeout_s: float = 300.0,
         poll_s: float = 1.0,
     ) -> None:
-        self._stub = registry_pb2_grpc.RegistryServiceStub(channel)
-        self.timeout_s = timeout_s
+        self._registry = registry
         self.rollout_timeout_s = rollout_timeout_s
         self.poll_s = poll_s
         self._lock = asyncio.Lock()
@@ -72,37 +70,33 @@ class RegistryVersionStager:
                 return
             del self._staged[key]
             try:
-                await self._stub.UnstageVersion(
+                await self._registry.unstage_version(
                     registry_pb2.UnstageVersionRequest(
                         name=deployment, version=version, reason=f"benchmark: unstage {version}"
-                    ),
-                    timeout=self.timeout_s,
+                    )
                 )
-            except aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            except ModelyardError as error:
+                if error.code == grpc.StatusCode.FAILED_PRECONDITION:
                     return  # someone gave it traffic meanwhile: no longer ours to remove
                 raise registry_failure(error, "UnstageVersion") from None
             event(log, "version.unstaged", deployment=deployment, version=version)
 
     async def _add_staged_route(self, deployment: str, version: str, reason: str) -> int:
         try:
-            updated = await self._stub.StageVersion(
+            updated = await self._registry.stage_version(
                 registry_pb2.StageVersionRequest(
                     name=deployment, version=version, reason=reason or f"benchmark: stage {version}"
-                ),
-                timeout=self.timeout_s,
+                )
             )
-        except aio.AioRpcError as error:
+        except ModelyardError as error:
             raise registry_failure(error, "StageVersion") from None
         event(log, "version.staged", deployment=deployment, version=version, revision=updated.revision)
         return int(updated.revision)
 
     async def _deployment(self, name: str) -> registry_pb2.Deployment:
         try:
-            return await self._stub.GetDeployment(
-                registry_pb2.GetDeploymentRequest(name=name), timeout=self.timeout_s
-            )
-        except aio.AioRpcError as error:
+            return await self._registry.get_deployment(registry_pb2.GetDeploymentRequest(name=name))
+        except ModelyardError as error:
             raise registry_failure(error, "GetDeployment") from None
 
     async def _wait_loaded(self, deployment: str, version: str, revision: int) -> None:
@@ -111,13 +105,13 @@ class RegistryVersionStager:
         while True:
             wait_s = max(min(self.poll_s, deadline - time.monotonic()), 0.0)
             try:
-                status = await self._stub.GetRolloutStatus(
+                status = await self._registry.get_rollout_status(
                     registry_pb2.GetRolloutStatusRequest(
                         deployment=deployment, revision=revision, wait_timeout_ms=int(wait_s * 1000)
                     ),
-                    timeout=self.timeout_s + wait_s,
+                    timeout=self._registry.settings.timeout_s + wait_s,
                 )
-            except aio.AioRpcError as error:
+            except ModelyardError as error:
                 raise registry_failure(error, "GetRolloutStatus") from None
             if status.converged:
                 return
@@ -137,16 +131,13 @@ class RegistryVersionStager:
 class RegistryDirectory:
     """Live workers of a deployment (ListWorkers) and a version's inference settings (GetVersion)."""
 
-    def __init__(self, channel: aio.Channel, *, timeout_s: float = 10.0) -> None:
-        self._stub = registry_pb2_grpc.RegistryServiceStub(channel)
-        self.timeout_s = timeout_s
+    def __init__(self, registry: RegistryClient) -> None:
+        self._registry = registry
 
     async def workers(self, deployment: str) -> list[WorkerInfo]:
         try:
-            reply = await self._stub.ListWorkers(
-                registry_pb2.ListWorkersRequest(deployment=deployment), timeout=self.timeout_s
-            )
-        except aio.AioRpcError as error:
+            reply = await self._registry.list_workers(registry_pb2.ListWorkersRequest(deployment=deployment))
+        except ModelyardError as error:
             raise registry_failure(error, "ListWorkers") from None
         found = []
         for worker in reply.workers:
@@ -163,10 +154,10 @@ class RegistryDirectory:
 
     async def version_conditions(self, model_id: str, version: str) -> dict[str, str]:
         try:
-            found = await self._stub.GetVersion(
-                registry_pb2.GetVersionRequest(model_id=model_id, version=version), timeout=self.timeout_s
+            found = await self._registry.get_version(
+                registry_pb2.GetVersionRequest(model_id=model_id, version=version)
             )
-        except aio.AioRpcError as error:
+        except ModelyardError as error:
             raise registry_failure(error, "GetVersion") from None
         config = found.inference_config
         settings = {

@@ -18,15 +18,10 @@ from modelyard.cli.errors import EXIT_FAILED, CliError, UsageError
 from modelyard.cli.output import json_option, number, table, when
 from modelyard.cli.parsing import parse_key_values
 from modelyard.cli.progress import fraction_bar
+from modelyard.common.states import RUN_STATUS_FROM_PB
 
 if TYPE_CHECKING:
-    from modelyard.api.benchmark_pb2_grpc import BenchmarkServiceAsyncStub as BenchStub
-    from modelyard.api.registry_pb2_grpc import RegistryServiceAsyncStub as RegistryStub
-RUN_STATUS = {
-    rpb.RUN_STATUS_RUNNING: "running",
-    rpb.RUN_STATUS_SUCCEEDED: "succeeded",
-    rpb.RUN_STATUS_FAILED: "failed",
-}
+    from modelyard.client import BenchmarkClient, RegistryClient
 
 
 @click.group()
@@ -37,16 +32,14 @@ def bench() -> None:
 def _worker_for(ctx: CliContext, deployment: str, versions: list[str]) -> tuple[str, str, list[str], int]:
     """(worker address, model id, versions to run, the smallest max_batch_size among them)."""
 
-    async def call(stub: RegistryStub) -> tuple[str, str, list[str], int]:
-        d = await stub.GetDeployment(rpb.GetDeploymentRequest(name=deployment), timeout=ctx.timeout_s)
-        workers = await stub.ListWorkers(rpb.ListWorkersRequest(deployment=deployment), timeout=ctx.timeout_s)
+    async def call(registry: RegistryClient) -> tuple[str, str, list[str], int]:
+        d = await registry.get_deployment(rpb.GetDeploymentRequest(name=deployment))
+        workers = await registry.list_workers(rpb.ListWorkersRequest(deployment=deployment))
         live = [w for w in workers.workers if w.live and w.address]
         chosen = versions or [r.version for r in d.routes]
         limits = []
         for version in chosen:
-            found = await stub.GetVersion(
-                rpb.GetVersionRequest(model_id=d.model_id, version=version), timeout=ctx.timeout_s
-            )
+            found = await registry.get_version(rpb.GetVersionRequest(model_id=d.model_id, version=version))
             if found.inference_config.max_batch_size:
                 limits.append(found.inference_config.max_batch_size)
         return (live[0].address if live else "", d.model_id, chosen, min(limits, default=0))
@@ -144,16 +137,16 @@ def run_cmd(
     elif batch_size:
         request.options["batch_size"] = str(batch_size)
 
-    async def call(stub: BenchStub) -> list[rpb.BenchmarkRun]:
+    async def call(bench: BenchmarkClient) -> list[rpb.BenchmarkRun]:
         finished: list[rpb.BenchmarkRun] = []
         with fraction_bar(ctx) as update:
-            async for progress in stub.RunBenchmark(request):
+            async for progress in bench.run_benchmark(request):
                 update(progress.version, progress.fraction, f"{progress.phase}: {progress.message}")
                 if progress.HasField("run"):
                     finished.append(progress.run)
                     if not ctx.interactive and not ctx.json:
                         ctx.say(
-                            f"{progress.version}: {RUN_STATUS.get(progress.run.status, '?')} "
+                            f"{progress.version}: {RUN_STATUS_FROM_PB.get(progress.run.status, '?')} "
                             f"(run {progress.run.run_id})"
                         )
         return finished
@@ -181,9 +174,8 @@ def _without_samples(run: rpb.BenchmarkRun) -> rpb.BenchmarkRun:
 
 def _newest_run(ctx: CliContext, model_id: str, version: str, suite: str) -> str:
     listed = ctx.benchmark_call(
-        lambda stub: stub.ListRuns(
+        lambda bench: bench.list_runs(
             bpb.ListRunsRequest(model_id=model_id, version=version, suite=suite, page_size=100),
-            timeout=ctx.timeout_s,
         )
     )
     ok = [r for r in listed.runs if r.status == rpb.RUN_STATUS_SUCCEEDED]
@@ -215,7 +207,7 @@ def _compare(
         export_format=fmt,
         seed=seed,
     )
-    return ctx.benchmark_call(lambda stub: stub.Compare(request, timeout=max(ctx.timeout_s, 60)))
+    return ctx.benchmark_call(lambda bench: bench.compare(request, timeout=max(ctx.timeout_s, 60)))
 
 
 _COMPARE_OPTIONS = [
@@ -294,9 +286,8 @@ def list_cmd(model_id: str, version: str, suite: str, limit: int) -> None:
     """List recorded benchmark runs."""
     ctx = get_context()
     listed = ctx.benchmark_call(
-        lambda stub: stub.ListRuns(
+        lambda bench: bench.list_runs(
             bpb.ListRunsRequest(model_id=model_id, version=version, suite=suite, page_size=limit),
-            timeout=ctx.timeout_s,
         )
     )
     if ctx.json:
@@ -311,7 +302,7 @@ def list_cmd(model_id: str, version: str, suite: str, limit: int) -> None:
                 r.model_id,
                 r.version,
                 r.suite,
-                RUN_STATUS.get(r.status, "?"),
+                RUN_STATUS_FROM_PB.get(r.status, "?"),
                 len(r.metrics),
                 when(r.started_at),
                 r.error or "-",
@@ -389,9 +380,7 @@ def export_cmd(
         if model_id:
             run_id = _newest_run(ctx, model_id, run_id, suite)
         run = ctx.benchmark_call(
-            lambda stub: stub.GetRun(
-                bpb.GetRunRequest(run_id=run_id, without_samples=False), timeout=ctx.timeout_s
-            )
+            lambda bench: bench.get_run(bpb.GetRunRequest(run_id=run_id, without_samples=False))
         )
         text = export_run(run, fmt)
     if output is None:

@@ -8,23 +8,15 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
-import grpc
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
-from grpc import aio
 from rich.console import Console
 
-from modelyard.api import benchmark_pb2_grpc, registry_pb2_grpc
-from modelyard.cli.errors import CliError, from_rpc_error
-from modelyard.common.channel import open_channel
-from modelyard.common.settings import ClientSettings
-
-if TYPE_CHECKING:
-    from modelyard.api.benchmark_pb2_grpc import BenchmarkServiceAsyncStub
-    from modelyard.api.registry_pb2_grpc import RegistryServiceAsyncStub
+from modelyard.cli.errors import from_client_error
+from modelyard.client import BenchmarkClient, ClientSettings, ModelyardError, RegistryClient
 
 T = TypeVar("T")
 DEFAULT_REGISTRY = "127.0.0.1:50051"
@@ -70,24 +62,23 @@ class CliContext:
             settings.token = self.token
         return settings
 
-    def registry_call(self, call: Callable[[RegistryServiceAsyncStub], Awaitable[T]]) -> T:
-        return self._run("registry", self.registry, registry_pb2_grpc.RegistryServiceStub, call)
+    def registry_call(self, call: Callable[[RegistryClient], Awaitable[T]]) -> T:
+        return self._run("registry", self.registry, RegistryClient, call)
 
-    def benchmark_call(self, call: Callable[[BenchmarkServiceAsyncStub], Awaitable[T]]) -> T:
-        return self._run("benchmark service", self.benchmark, benchmark_pb2_grpc.BenchmarkServiceStub, call)
+    def benchmark_call(self, call: Callable[[BenchmarkClient], Awaitable[T]]) -> T:
+        return self._run("benchmark service", self.benchmark, BenchmarkClient, call)
 
-    def _run(self, service: str, address: str, stub_type: Any, call: Callable[[Any], Awaitable[T]]) -> T:
+    def _run(self, service: str, address: str, client_type: Any, call: Callable[[Any], Awaitable[T]]) -> T:
         async def go() -> T:
-            channel: aio.Channel = open_channel(address, self.client_settings())
-            try:
-                return await call(stub_type(channel))
-            finally:
-                await channel.close(None)
+            async with client_type(address, self.client_settings()) as client:
+                return await call(client)
 
         try:
             return asyncio.run(go())
-        except grpc.RpcError as error:
-            raise from_rpc_error(error, service=service, address=address, timeout_s=self.timeout_s) from None
+        except ModelyardError as error:
+            raise from_client_error(
+                error, service=service, address=address, timeout_s=self.timeout_s
+            ) from None
 
     # ---- output ---------------------------------------------------------------------------------
 
@@ -116,8 +107,3 @@ def get_context() -> CliContext:
     if obj is None:  # a command invoked on its own (tests); defaults apply
         obj = ctx.ensure_object(CliContext)
     return obj
-
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise CliError(message)

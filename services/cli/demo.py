@@ -25,10 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from modelyard.api import grpc_predict_v2_pb2 as oip
-from modelyard.api import grpc_predict_v2_pb2_grpc as oip_grpc
+from modelyard.client.sync import InferenceClient, ModelyardError
 
 DEPLOYMENT = "text-embedding"
 GATE = "recall@10 >= 0.80"
@@ -101,25 +98,22 @@ class SteadyLoad:
             self._threads.append(thread)
 
     def _run(self, address: str) -> None:
-        with grpc.insecure_channel(address) as channel:
-            stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        # As a backend service would call it; no retries, so a failed request counts as failed.
+        with InferenceClient(address, timeout_s=30, retry_attempts=1) as worker:
             index = 0
             last_version = ""
             while not self._stop.is_set():
-                request = oip.ModelInferRequest(model_name=DEPLOYMENT)
                 texts = [_SENTENCES[(index + i) % len(_SENTENCES)] for i in range(4)]
-                tensor = request.inputs.add(name="text", datatype="BYTES", shape=[len(texts)])
-                tensor.contents.bytes_contents.extend(t.encode() for t in texts)
                 index += 1
                 started = time.perf_counter()
                 try:
-                    response = stub.ModelInfer(request, timeout=30)
+                    served = worker.embed_texts(DEPLOYMENT, texts)
                     self.samples[address].append(
-                        Sample(time.monotonic(), response.model_version, time.perf_counter() - started)
+                        Sample(time.monotonic(), served.version, time.perf_counter() - started)
                     )
-                    last_version = response.model_version
-                except grpc.RpcError as error:
-                    self.failures.append((last_version, f"{address}: {error.code().name}: {error.details()}"))
+                    last_version = served.version
+                except ModelyardError as error:
+                    self.failures.append((last_version, f"{address}: {error.code.name}: {error.message}"))
                 self._stop.wait(self.pause_s)
 
     def stop(self) -> None:

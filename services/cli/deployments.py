@@ -1,4 +1,5 @@
-"""`modelyard deployments`: create, list, set-routes, canary, promote, rollback, status, history, watch."""
+"""`modelyard deployments`: create, list, set-routes, canary, promote, rollback, delete, check, status,
+history, watch."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
-import grpc
 
 from modelyard.api import registry_pb2 as rpb
 from modelyard.cli.context import CliContext, get_context
-from modelyard.cli.errors import EXIT_FAILED, CliError, UsageError
+from modelyard.cli.errors import EXIT_FAILED, EXIT_REFUSED, CliError, UsageError
 from modelyard.cli.output import (
     json_option,
     key_values,
@@ -27,7 +27,7 @@ from modelyard.cli.parsing import parse_routes
 from modelyard.cli.progress import spinner
 
 if TYPE_CHECKING:
-    from modelyard.api.registry_pb2_grpc import RegistryServiceAsyncStub as Stub
+    from modelyard.client import RegistryClient
 
 
 @click.group()
@@ -39,14 +39,14 @@ def deployments() -> None:
 
 
 async def wait_for_rollout(
-    stub: Stub, deployment: str, revision: int, wait_s: float, timeout_s: float
+    registry: RegistryClient, deployment: str, revision: int, wait_s: float, timeout_s: float
 ) -> rpb.RolloutStatus:
     """Wait until every worker of `deployment` applied `revision` and none is lost (or `wait_s` ran out)."""
     deadline = time.monotonic() + wait_s
     while True:
         left = max(0.0, deadline - time.monotonic())
         chunk_ms = int(min(left, 5.0) * 1000)
-        status: rpb.RolloutStatus = await stub.GetRolloutStatus(
+        status: rpb.RolloutStatus = await registry.get_rollout_status(
             rpb.GetRolloutStatusRequest(deployment=deployment, revision=revision, wait_timeout_ms=chunk_ms),
             timeout=chunk_ms / 1000 + timeout_s,
         )
@@ -75,7 +75,9 @@ def _wait_and_report(ctx: CliContext, name: str, revision: int, wait_s: float) -
     """Wait for convergence with a spinner; fail (exit 1) if it does not happen in time."""
     started = time.perf_counter()
     with spinner(ctx, f"waiting for every worker of {name} to apply revision {revision}"):
-        status = ctx.registry_call(lambda stub: wait_for_rollout(stub, name, revision, wait_s, ctx.timeout_s))
+        status = ctx.registry_call(
+            lambda registry: wait_for_rollout(registry, name, revision, wait_s, ctx.timeout_s)
+        )
     seconds = time.perf_counter() - started
     if not status.converged:
         raise CliError(f"{name}: {rollout_text(status)} after {wait_s:g} s", EXIT_FAILED)
@@ -137,7 +139,7 @@ def create_cmd(
         description=description,
         reason=reason,
     )
-    created = ctx.registry_call(lambda stub: stub.CreateDeployment(request, timeout=ctx.timeout_s))
+    created = ctx.registry_call(lambda registry: registry.create_deployment(request))
     extra = _wait_and_report(ctx, name, created.revision, wait_timeout) if wait else {}
     _print_deployment(ctx, created, extra)
 
@@ -149,9 +151,7 @@ def list_cmd(model_id: str) -> None:
     """List deployments and their routes."""
     ctx = get_context()
     listed = ctx.registry_call(
-        lambda stub: stub.ListDeployments(
-            rpb.ListDeploymentsRequest(model_id=model_id), timeout=ctx.timeout_s
-        )
+        lambda registry: registry.list_deployments(rpb.ListDeploymentsRequest(model_id=model_id))
     )
     if ctx.json:
         ctx.emit_json(list(listed.deployments))
@@ -206,7 +206,7 @@ def set_routes_cmd(
         reason=reason,
         expected_revision=expected_revision,
     )
-    updated = ctx.registry_call(lambda stub: stub.SetRoutes(request, timeout=ctx.timeout_s))
+    updated = ctx.registry_call(lambda registry: registry.set_routes(request))
     extra = _wait_and_report(ctx, name, updated.revision, wait_timeout) if wait else {}
     _print_deployment(ctx, updated, extra)
 
@@ -222,8 +222,8 @@ def canary_cmd(name: str, version: str, weight: int, reason: str, wait: bool, wa
     """Send WEIGHT% of NAME's traffic to VERSION, the rest to its current main version."""
     ctx = get_context()
 
-    async def call(stub: Stub) -> rpb.Deployment:
-        current = await stub.GetDeployment(rpb.GetDeploymentRequest(name=name), timeout=ctx.timeout_s)
+    async def call(registry: RegistryClient) -> rpb.Deployment:
+        current = await registry.get_deployment(rpb.GetDeploymentRequest(name=name))
         stable = max(current.routes, key=lambda r: r.weight, default=None)
         if stable is None:
             raise CliError(f"deployment {name} has no routes to split", EXIT_FAILED)
@@ -233,14 +233,13 @@ def canary_cmd(name: str, version: str, weight: int, reason: str, wait: bool, wa
             rpb.Route(version=stable.version, weight=100 - weight),
             rpb.Route(version=version, weight=weight),
         ]
-        updated: rpb.Deployment = await stub.SetRoutes(
+        updated: rpb.Deployment = await registry.set_routes(
             rpb.SetRoutesRequest(
                 name=name,
                 routes=routes,
                 reason=reason or f"canary {version} at {weight}%",
                 expected_revision=current.revision,
             ),
-            timeout=ctx.timeout_s,
         )
         return updated
 
@@ -291,36 +290,20 @@ def promote_cmd(
     benchmark metrics); NAME switches to 100% VERSION."""
     ctx = get_context()
 
-    async def call(stub: Stub) -> tuple[rpb.SetAliasResponse, int]:
-        current = await stub.GetDeployment(rpb.GetDeploymentRequest(name=name), timeout=ctx.timeout_s)
-        target_alias = alias or current.follow_alias or "production"
-        response: rpb.SetAliasResponse = await stub.SetAlias(
-            rpb.SetAliasRequest(
-                model_id=current.model_id,
-                alias=target_alias,
+    async def call(registry: RegistryClient) -> tuple[rpb.SetAliasResponse, int]:
+        # One RPC: the registry moves the alias and routes NAME in one transaction, or neither.
+        response: rpb.SetAliasResponse = await registry.promote_version(
+            rpb.PromoteVersionRequest(
+                deployment=name,
                 version=version,
+                alias=alias or "",
                 gates=list(gates),
                 gate_suite=gate_suite,
                 acknowledge_incompatible=acknowledge_incompatible,
-                reason=reason or f"promote {version} for {name}",
+                reason=reason,
             ),
-            timeout=ctx.timeout_s,
         )
-        switched = {d.name: d.revision for d in response.switched}
-        if name in switched:
-            return response, switched[name]
-        # NAME does not follow this alias: route it explicitly, after the gates passed.
-        routed = await stub.SetRoutes(
-            rpb.SetRoutesRequest(
-                name=name,
-                routes=[rpb.Route(version=version, weight=100)],
-                acknowledge_incompatible=acknowledge_incompatible,
-                reason=reason or f"promote {version}",
-            ),
-            timeout=ctx.timeout_s,
-        )
-        response.switched.append(routed)
-        return response, routed.revision
+        return response, next(d.revision for d in response.switched if d.name == name)
 
     response, revision = ctx.registry_call(call)
     if not ctx.json:
@@ -347,11 +330,52 @@ def rollback_cmd(
     request = rpb.RollbackDeploymentRequest(
         name=name, to_revision=to_revision, acknowledge_incompatible=acknowledge_incompatible, reason=reason
     )
-    updated = ctx.registry_call(lambda stub: stub.RollbackDeployment(request, timeout=ctx.timeout_s))
+    updated = ctx.registry_call(lambda registry: registry.rollback_deployment(request))
     extra = _wait_and_report(ctx, name, updated.revision, wait_timeout) if wait else {}
     if not ctx.json:
         ctx.say("rolled back")
     _print_deployment(ctx, updated, extra)
+
+
+@deployments.command("delete")
+@click.argument("name")
+@click.option("--reason", default="")
+@json_option
+def delete_cmd(name: str, reason: str) -> None:
+    """Delete deployment NAME: every worker stops serving it and unloads its versions."""
+    ctx = get_context()
+    deleted = ctx.registry_call(
+        lambda registry: registry.delete_deployment(rpb.DeleteDeploymentRequest(name=name, reason=reason))
+    )
+    if ctx.json:
+        ctx.emit_json({"name": name, "deleted": True, "revision": deleted.revision})
+    else:
+        ctx.say(f"deleted {name} at revision {deleted.revision}")
+
+
+@deployments.command("check")
+@click.argument("name")
+@click.argument("version")
+@click.option("--model", "model_id", default="", help="Model of VERSION; default: the deployment's.")
+@json_option
+def check_cmd(name: str, version: str, model_id: str) -> None:
+    """Would routing NAME to VERSION keep the signature its consumers depend on? Exit 3 if not."""
+    ctx = get_context()
+    result = ctx.registry_call(
+        lambda registry: registry.check_compatibility(
+            rpb.CheckCompatibilityRequest(deployment=name, model_id=model_id, version=version)
+        )
+    )
+    if ctx.json:
+        ctx.emit_json(result)
+    elif result.compatible:
+        ctx.say(f"{version} is compatible with {name}")
+    if not result.compatible:
+        raise CliError(
+            f"{version} is not compatible with {name}: {'; '.join(result.differences)}; routing to it needs "
+            "--acknowledge-incompatible (stored vectors must be re-embedded)",
+            EXIT_REFUSED,
+        )
 
 
 @deployments.command("status")
@@ -362,13 +386,13 @@ def status_cmd(name: str, wait: bool, wait_timeout: float) -> None:
     """Routes, rollout state and every worker serving NAME (with --wait: until converged)."""
     ctx = get_context()
 
-    async def call(stub: Stub) -> tuple[rpb.Deployment, rpb.RolloutStatus, list[rpb.WorkerStatus]]:
-        d = await stub.GetDeployment(rpb.GetDeploymentRequest(name=name), timeout=ctx.timeout_s)
+    async def call(
+        registry: RegistryClient,
+    ) -> tuple[rpb.Deployment, rpb.RolloutStatus, list[rpb.WorkerStatus]]:
+        d = await registry.get_deployment(rpb.GetDeploymentRequest(name=name))
         wait_s = wait_timeout if wait else 0.0
-        rollout = await wait_for_rollout(stub, name, d.revision, wait_s, ctx.timeout_s)
-        listed = await stub.ListWorkers(
-            rpb.ListWorkersRequest(deployment=name, include_stale=True), timeout=ctx.timeout_s
-        )
+        rollout = await wait_for_rollout(registry, name, d.revision, wait_s, ctx.timeout_s)
+        listed = await registry.list_workers(rpb.ListWorkersRequest(deployment=name, include_stale=True))
         # Live workers, and the silent ones the rollout counts as lost; not every worker ever seen.
         lost = {w.worker_id for w in rollout.workers if w.lost}
         workers = [w for w in listed.workers if w.live or w.worker_id in lost]
@@ -429,18 +453,17 @@ def _loaded_version_text(v: rpb.LoadedVersion) -> str:
 @click.option("--action", default="", help="Only this action, e.g. routes.set, alias.follow.")
 @json_option
 def history_cmd(name: str | None, limit: int, action: str) -> None:
-    """The audit log of NAME (or of everything), newest first."""
+    """The audit log of NAME (or of everything), newest first; a deleted deployment keeps its history."""
     ctx = get_context()
 
-    async def call(stub: Stub) -> list[rpb.AuditEvent]:
-        if name:  # an unknown name is a mistake, not an empty history
-            await stub.GetDeployment(rpb.GetDeploymentRequest(name=name), timeout=ctx.timeout_s)
-        listed = await stub.ListAuditEvents(
+    async def call(registry: RegistryClient) -> list[rpb.AuditEvent]:
+        listed = await registry.list_audit_events(
             rpb.ListAuditEventsRequest(
                 entity_type="deployment" if name else "", entity_id=name or "", action=action, page_size=limit
             ),
-            timeout=ctx.timeout_s,
         )
+        if name and not listed.events:  # a name that never existed is a mistake, not an empty history
+            await registry.get_deployment(rpb.GetDeploymentRequest(name=name))
         return list(listed.events)
 
     events = ctx.registry_call(call)
@@ -488,12 +511,12 @@ def watch_cmd(names: tuple[str, ...], since_revision: int, count: int | None) ->
     """Stream deployment changes (a snapshot first), one line each, until Ctrl-C or --count."""
     ctx = get_context()
 
-    async def call(stub: Stub) -> None:
+    async def call(registry: RegistryClient) -> None:
         seen = 0
-        stream = stub.WatchDeployments(
+        stream = registry.watch_deployments(
             rpb.WatchDeploymentsRequest(deployments=list(names), since_revision=since_revision)
         )
-        async for message in stream:
+        async for message in stream:  # leaving the loop cancels the stream
             if ctx.json:
                 click.echo(json.dumps(_jsonl(message)))
             else:
@@ -505,16 +528,9 @@ def watch_cmd(names: tuple[str, ...], since_revision: int, count: int | None) ->
                     )
             seen += 1
             if count is not None and seen >= count:
-                stream.cancel()
                 return
 
-    try:
-        ctx.registry_call(call)
-    except CliError as error:
-        if error.message != "cancelled":
-            raise
-    except grpc.RpcError:  # pragma: no cover - mapped inside registry_call
-        raise
+    ctx.registry_call(call)
 
 
 def _jsonl(message: rpb.WatchDeploymentsResponse) -> Any:

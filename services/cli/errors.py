@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grpc
 
+from modelyard.common.errors import ModelyardError
+
 EXIT_OK = 0
 # The command ran but its outcome is a failure (rollout did not converge, a benchmark run failed,
 # the server hit an internal error).
@@ -27,7 +29,13 @@ _REFUSED = {
     grpc.StatusCode.UNAUTHENTICATED,
 }
 # Substrings of grpc-core's own UNAVAILABLE details when no connection could be made at all.
-_NO_CONNECTION = ("failed to connect", "connection refused", "dns resolution failed", "connect failed")
+_NO_CONNECTION = (
+    "failed to connect",
+    "connection refused",
+    "dns resolution failed",
+    "connect failed",
+    "failed with unavailable",
+)
 
 
 class CliError(Exception):
@@ -44,10 +52,10 @@ class UsageError(CliError):
         super().__init__(message, EXIT_USAGE)
 
 
-def from_rpc_error(error: grpc.RpcError, *, service: str, address: str, timeout_s: float) -> CliError:
-    """Translate a gRPC failure into what the user should read and the exit code."""
-    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-    details = (error.details() if hasattr(error, "details") else "") or ""
+def from_client_error(error: ModelyardError, *, service: str, address: str, timeout_s: float) -> CliError:
+    """Translate a failed call into what the user should read and the exit code."""
+    code = error.code
+    details = error.message
     if code == grpc.StatusCode.UNAVAILABLE:
         if not details or any(marker in details.lower() for marker in _NO_CONNECTION):
             return CliError(

@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import fsspec
-import grpc
 
 from modelyard.api import registry_pb2 as rpb
 from modelyard.cli.errors import EXIT_REFUSED, CliError, UsageError
 
 # One definition of the default store: the artifact roots default to it too.
 from modelyard.common.artifact_roots import ARTIFACT_STORE_ENV, default_artifact_store  # noqa: F401
+from modelyard.common.errors import NotFound
 
 if TYPE_CHECKING:
-    from modelyard.api.registry_pb2_grpc import RegistryServiceAsyncStub as Stub
+    from modelyard.client import RegistryClient
 
 _CHUNK = 1 << 20
 
@@ -87,7 +87,8 @@ def read_signature(source: Path, loader: str, config: rpb.InferenceConfig) -> rp
     dimension for every family, and it proves the artifact loads before anything is stored.
     Quantization does not change the signature, so it is skipped here.
     """
-    from modelyard.inference.domain import InferenceConfig, VersionSpec
+    from modelyard.common.modelspec import InferenceConfig
+    from modelyard.inference.domain import VersionSpec
     from modelyard.inference.loaders import create_runtime
 
     spec = VersionSpec(
@@ -145,7 +146,7 @@ def check_loader(loader: str) -> None:
         raise UsageError(f"unknown loader {loader!r}; choose one of {', '.join(loader_names())}")
 
 
-def model_type_for(signature: rpb.Signature) -> rpb.ModelType:
+def model_type_for(signature: rpb.Signature) -> rpb.ModelType.ValueType:
     outputs = {t.name for t in signature.outputs}
     inputs = {t.name for t in signature.inputs}
     if "caption" in outputs:
@@ -186,17 +187,15 @@ class VersionDraft:
 
 
 async def existing_version(
-    stub: Stub, model_id: str, version: str, timeout_s: float
+    registry: RegistryClient, model_id: str, version: str, timeout_s: float
 ) -> rpb.ModelVersion | None:
     try:
-        found: rpb.ModelVersion = await stub.GetVersion(
+        found: rpb.ModelVersion = await registry.get_version(
             rpb.GetVersionRequest(model_id=model_id, version=version), timeout=timeout_s
         )
         return found
-    except grpc.aio.AioRpcError as error:
-        if error.code() == grpc.StatusCode.NOT_FOUND:
-            return None
-        raise
+    except NotFound:
+        return None
 
 
 def same_registration(found: rpb.ModelVersion, draft: VersionDraft, checkpoint: str) -> bool:
@@ -217,7 +216,7 @@ def refuse_existing(found: rpb.ModelVersion) -> CliError:
 
 
 async def register(
-    stub: Stub,
+    registry: RegistryClient,
     draft: VersionDraft,
     *,
     source_uri: str,
@@ -228,11 +227,9 @@ async def register(
     """Create the model when absent (type from the signature unless given), then the version."""
     model_type = draft.model_type or model_type_for(signature)
     try:
-        await stub.GetModel(rpb.GetModelRequest(model_id=draft.model_id), timeout=timeout_s)
-    except grpc.aio.AioRpcError as error:
-        if error.code() != grpc.StatusCode.NOT_FOUND:
-            raise
-        await stub.CreateModel(
+        await registry.get_model(rpb.GetModelRequest(model_id=draft.model_id), timeout=timeout_s)
+    except NotFound:
+        await registry.create_model(
             rpb.CreateModelRequest(
                 model_id=draft.model_id,
                 model_type=model_type,  # type: ignore[arg-type]
@@ -242,7 +239,7 @@ async def register(
             timeout=timeout_s,
         )
     version = draft.to_version(source_uri=source_uri, checkpoint=checkpoint, signature=signature)
-    registered: rpb.ModelVersion = await stub.RegisterVersion(
+    registered: rpb.ModelVersion = await registry.register_version(
         rpb.RegisterVersionRequest(version=version), timeout=timeout_s
     )
     return registered

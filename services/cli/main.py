@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import click
 
 from modelyard.cli.context import DEFAULT_BENCHMARK, DEFAULT_REGISTRY, CliContext
-from modelyard.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
+from modelyard.cli.entry import run_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -55,10 +52,19 @@ def _register_commands() -> None:
     from modelyard.cli.bench import bench
     from modelyard.cli.deployments import deployments
     from modelyard.cli.models import models
-    from modelyard.cli.serve import benchmark_group, registry_group, worker_group
+    from modelyard.cli.serve import benchmark_group, console_group, registry_group, worker_group
     from modelyard.cli.up import up
 
-    for command in (up, models, deployments, bench, registry_group, worker_group, benchmark_group):
+    for command in (
+        up,
+        models,
+        deployments,
+        bench,
+        registry_group,
+        worker_group,
+        benchmark_group,
+        console_group,
+    ):
         cli.add_command(command)
 
 
@@ -66,39 +72,8 @@ _register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; every failure is one line on stderr and a distinct exit code (see errors.py)."""
-    try:
-        code = cli.main(args=argv, prog_name="modelyard", standalone_mode=False)
-    except CliError as error:
-        click.echo(f"error: {error.message}", err=True)
-        sys.exit(error.exit_code)
-    except click.UsageError as error:
-        hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
-        click.echo(f"error: {' '.join(error.format_message().split())}{hint}", err=True)
-        sys.exit(EXIT_USAGE)
-    except click.Abort:
-        click.echo("error: aborted", err=True)
-        sys.exit(EXIT_FAILED)
-    except click.ClickException as error:
-        click.echo(f"error: {' '.join(error.format_message().split())}", err=True)
-        sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        sys.exit(130)
-    except BrokenPipeError:
-        sys.exit(EXIT_FAILED)
-    except Exception as error:
-        # The promise is one line and no traceback, bugs included; MODELYARD_DEBUG=1 shows it.
-        if os.environ.get("MODELYARD_DEBUG"):
-            raise
-        detail = " ".join(str(error).split()) or "no details"
-        click.echo(
-            f"error: unexpected {type(error).__name__}: {detail} (set MODELYARD_DEBUG=1 for the traceback)",
-            err=True,
-        )
-        sys.exit(EXIT_FAILED)
-    # `--help`, `--version` and commands that call ctx.exit() come back as an int.
-    sys.exit(code if isinstance(code, int) else 0)
+    """Run the CLI; every failure is one line on stderr and a distinct exit code (see entry.py)."""
+    run_command(cli, argv, prog_name="modelyard")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from modelyard.cli.parsing import parse_key_values, semver
 from modelyard.cli.progress import byte_bar, spinner
 
 if TYPE_CHECKING:
-    from modelyard.api.registry_pb2_grpc import RegistryServiceAsyncStub as Stub
+    from modelyard.client import RegistryClient
 MODEL_TYPES = {
     "text_embedding": rpb.TEXT_EMBEDDING,
     "image_embedding": rpb.IMAGE_EMBEDDING,
@@ -161,9 +161,9 @@ def register_cmd(
     if not draft.model_type:
         raise UsageError("--model-type is required with `models register` (the signature is not read)")
 
-    async def call(stub: Stub) -> rpb.ModelVersion:
+    async def call(registry: RegistryClient) -> rpb.ModelVersion:
         return await importer.register(
-            stub,
+            registry,
             draft,
             source_uri=source_uri,
             checkpoint=checkpoint_hash,
@@ -209,7 +209,7 @@ def import_cmd(
 
     # Refuse early, before any slow work, if the version is taken by something else.
     found = ctx.registry_call(
-        lambda stub: importer.existing_version(stub, model_id, draft.version, ctx.timeout_s)
+        lambda registry: importer.existing_version(registry, model_id, draft.version, ctx.timeout_s)
     )
     with spinner(ctx, "loading model libraries"):
         importer.check_loader(loader)
@@ -236,9 +236,14 @@ def import_cmd(
         uri = importer.ArtifactStore(store_url).put(source, checkpoint, update)
     ctx.say(f"stored      {uri}")
 
-    async def call(stub: Stub) -> rpb.ModelVersion:
+    async def call(registry: RegistryClient) -> rpb.ModelVersion:
         return await importer.register(
-            stub, draft, source_uri=uri, checkpoint=checkpoint, signature=signature, timeout_s=ctx.timeout_s
+            registry,
+            draft,
+            source_uri=uri,
+            checkpoint=checkpoint,
+            signature=signature,
+            timeout_s=ctx.timeout_s,
         )
 
     registered = ctx.registry_call(call)
@@ -297,9 +302,8 @@ def list_cmd(
     type_value = MODEL_TYPES[model_type] if model_type else 0
     if not model_id and not tags and not query:
         listed = ctx.registry_call(
-            lambda stub: stub.ListModels(
+            lambda registry: registry.list_models(
                 rpb.ListModelsRequest(model_type=type_value, page_size=limit),  # type: ignore[arg-type]
-                timeout=ctx.timeout_s,
             )
         )
         if ctx.json:
@@ -328,7 +332,7 @@ def list_cmd(
         status=rpb.VERSION_STATUS_ARCHIVED if archived else rpb.VERSION_STATUS_UNSPECIFIED,
         page_size=limit,
     )
-    versions = ctx.registry_call(lambda stub: stub.ListVersions(request, timeout=ctx.timeout_s)).versions
+    versions = ctx.registry_call(lambda registry: registry.list_versions(request)).versions
     if ctx.json:
         ctx.emit_json(list(versions))
         return
@@ -370,12 +374,10 @@ def show_cmd(model_id: str, version: str) -> None:
     """Show one version (VERSION may be an alias) and its newest benchmark metrics."""
     ctx = get_context()
 
-    async def call(stub: Stub) -> tuple[rpb.ModelVersion, rpb.GetVersionMetricsResponse]:
-        found = await stub.GetVersion(
-            rpb.GetVersionRequest(model_id=model_id, version=version), timeout=ctx.timeout_s
-        )
-        metrics = await stub.GetVersionMetrics(
-            rpb.GetVersionMetricsRequest(model_id=model_id, version=found.version), timeout=ctx.timeout_s
+    async def call(registry: RegistryClient) -> tuple[rpb.ModelVersion, rpb.GetVersionMetricsResponse]:
+        found = await registry.get_version(rpb.GetVersionRequest(model_id=model_id, version=version))
+        metrics = await registry.get_version_metrics(
+            rpb.GetVersionMetricsRequest(model_id=model_id, version=found.version)
         )
         return found, metrics
 
@@ -426,7 +428,7 @@ def tag_cmd(
     )
     if description is not None:
         request.description = description
-    updated = ctx.registry_call(lambda stub: stub.UpdateVersion(request, timeout=ctx.timeout_s))
+    updated = ctx.registry_call(lambda registry: registry.update_version(request))
     if ctx.json:
         ctx.emit_json(updated)
     else:
@@ -456,7 +458,43 @@ def alias_cmd(
         gate_suite=gate_suite,
         reason=reason,
     )
-    print_promotion(ctx.registry_call(lambda stub: stub.SetAlias(request, timeout=ctx.timeout_s)))
+    print_promotion(ctx.registry_call(lambda registry: registry.set_alias(request)))
+
+
+@models.command("aliases")
+@click.argument("model_id")
+@json_option
+def aliases_cmd(model_id: str) -> None:
+    """List the aliases of MODEL_ID and the versions they point at."""
+    ctx = get_context()
+    listed = ctx.registry_call(
+        lambda registry: registry.list_aliases(rpb.ListAliasesRequest(model_id=model_id))
+    )
+    if ctx.json:
+        ctx.emit_json(list(listed.aliases))
+        return
+    table(
+        ctx, ["alias", "version", "moved"], [(a.alias, a.version, when(a.updated_at)) for a in listed.aliases]
+    )
+
+
+@models.command("delete-alias")
+@click.argument("model_id")
+@click.argument("alias")
+@click.option("--reason", default="")
+@json_option
+def delete_alias_cmd(model_id: str, alias: str, reason: str) -> None:
+    """Delete ALIAS of MODEL_ID (refused while a deployment follows it)."""
+    ctx = get_context()
+    ctx.registry_call(
+        lambda registry: registry.delete_alias(
+            rpb.DeleteAliasRequest(model_id=model_id, alias=alias, reason=reason)
+        )
+    )
+    if ctx.json:
+        ctx.emit_json({"model_id": model_id, "alias": alias, "deleted": True})
+    else:
+        ctx.say(f"deleted alias {alias} of {model_id}")
 
 
 @models.command("archive")
@@ -468,9 +506,8 @@ def archive_cmd(model_id: str, version: str, reason: str) -> None:
     """Archive a version (refused while it is routed or aliased)."""
     ctx = get_context()
     archived = ctx.registry_call(
-        lambda stub: stub.ArchiveVersion(
+        lambda registry: registry.archive_version(
             rpb.ArchiveVersionRequest(model_id=model_id, version=version, reason=reason),
-            timeout=ctx.timeout_s,
         )
     )
     if ctx.json:
@@ -490,7 +527,7 @@ def cleanup_cmd(model_id: str, keep_last: int, dry_run: bool, skip_in_use: bool,
     """Remove all but the newest versions of a model (never one that is routed or aliased)."""
     ctx = get_context()
     result = ctx.registry_call(
-        lambda stub: stub.CleanupVersions(
+        lambda registry: registry.cleanup_versions(
             rpb.CleanupVersionsRequest(
                 model_id=model_id,
                 keep_last=keep_last,
@@ -498,7 +535,6 @@ def cleanup_cmd(model_id: str, keep_last: int, dry_run: bool, skip_in_use: bool,
                 skip_in_use=skip_in_use,
                 reason=reason,
             ),
-            timeout=ctx.timeout_s,
         )
     )
     if ctx.json:
@@ -522,9 +558,7 @@ def export_cmd(output: str) -> None:
     ctx = get_context()
     if output != "-":
         files.check_writable(output, "export file")
-    exported = ctx.registry_call(
-        lambda stub: stub.ExportRegistry(rpb.ExportRegistryRequest(), timeout=ctx.timeout_s)
-    )
+    exported = ctx.registry_call(lambda registry: registry.export_registry(rpb.ExportRegistryRequest()))
     if output == "-":
         sys.stdout.write(exported.json + "\n")
         return
@@ -544,7 +578,7 @@ def import_registry_cmd(source: str) -> None:
     # Read and parsed here, so a file that is no export fails before anything is sent.
     document, _ = files.read_json(source, "registry export")
     result = ctx.registry_call(
-        lambda stub: stub.ImportRegistry(
+        lambda registry: registry.import_registry(
             rpb.ImportRegistryRequest(json=document), timeout=max(ctx.timeout_s, 60)
         )
     )

@@ -80,7 +80,7 @@ def tags_text(tags: Any) -> str:
     return ", ".join(f"{k}={v}" if v else k for k, v in sorted(dict(tags).items())) or "-"
 
 
-def model_type_name(value: int) -> str:
+def model_type_name(value: rpb.ModelType.ValueType) -> str:
     return rpb.ModelType.Name(value).lower() if value else "-"
 
 
@@ -100,5 +100,5 @@ def number(value: float, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
-def version_state_name(value: int) -> str:
+def version_state_name(value: rpb.VersionState.ValueType) -> str:
     return rpb.VersionState.Name(value).lower() if value else "-"

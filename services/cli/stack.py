@@ -1,5 +1,6 @@
-"""The processes behind `modelyard up`: registry (embedded PostgreSQL), one worker per model type and
-the benchmark service, each a real subprocess, plus the initial versions and deployments."""
+"""The processes behind `modelyard up`: registry (embedded PostgreSQL), one worker per model type,
+the benchmark service and the web console, each a real subprocess, plus the initial versions and
+deployments."""
 
 from __future__ import annotations
 
@@ -214,6 +215,7 @@ class StackLayout:
     host: str = "127.0.0.1"
     registry_port: int = 50051
     benchmark_port: int = 50061
+    console_port: int = 8090
     text_workers: int = 1
     registry_dir: Path = field(init=False)
     cache_dir: Path = field(init=False)
@@ -244,6 +246,7 @@ class Stack:
         self.security = security or StackSecurity()
         self.registry: ServiceProcess | None = None
         self.benchmark: ServiceProcess | None = None
+        self.console: ServiceProcess | None = None
         self.workers: list[tuple[str, ServiceProcess]] = []
         # Each child gets only its own credentials (see stack_security), never `up`'s.
         self.env = without_secrets(child_env())
@@ -327,6 +330,34 @@ class Stack:
             {**self.env, **self.security.benchmark_env()},
         )
 
+    def start_console(self) -> None:
+        """The web console, a client of the registry and the benchmark service like the CLI; once
+        the benchmark service has started (with port 0 its address is known only then)."""
+        assert self.registry is not None and self.benchmark is not None and self.benchmark.address
+        layout = self.layout
+        self.console = ServiceProcess(
+            "console",
+            [
+                "-m",
+                "modelyard.console",
+                "--host",
+                layout.host,
+                "--port",
+                str(layout.console_port),
+                "--registry",
+                self.registry.address,
+                "--benchmark",
+                self.benchmark.address,
+            ],
+            layout.logs_dir / "console.log",
+            {**self.env, **self.security.console_env()},
+        )
+
+    def console_url(self) -> str:
+        if self.console is None or not self.console.address:
+            return ""
+        return f"{'https' if self.security.tls else 'http'}://{self.console.address}/"
+
     def wait_all_started(self, timeout_s: float = 180) -> None:
         for service in self.services():
             service.wait_started(timeout_s)
@@ -336,6 +367,8 @@ class Stack:
         found += [w for _, w in self.workers]
         if self.benchmark:
             found.append(self.benchmark)
+        if self.console:
+            found.append(self.console)
         return found
 
     def exited(self) -> ServiceProcess | None:
@@ -347,6 +380,7 @@ class Stack:
             "data_dir": str(self.layout.data_dir),
             "registry": self.registry.describe() if self.registry else None,
             "benchmark": self.benchmark.describe() if self.benchmark else None,
+            "console": {**self.console.describe(), "url": self.console_url()} if self.console else None,
             "workers": [{"deployment": d, **w.describe()} for d, w in self.workers],
             "logs": str(self.layout.logs_dir),
             **self.security.describe(),
@@ -360,7 +394,8 @@ class Stack:
     def stop(self, timeout_s: float = 20) -> None:
         """Benchmark and workers first (they drain in parallel), the registry and its database last."""
         self.layout.state_file.unlink(missing_ok=True)
-        front = ([self.benchmark] if self.benchmark else []) + [w for _, w in self.workers]
+        front = ([self.console] if self.console else []) + ([self.benchmark] if self.benchmark else [])
+        front += [w for _, w in self.workers]
         for service in front:
             service.terminate()
         for service in front:

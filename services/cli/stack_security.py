@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelyard.client.settings import ClientSettings
 from modelyard.common.auth import Role, new_token, token_verifier, verifiers_only
-from modelyard.common.settings import ClientSettings
 
 # What a child must never inherit from `up`'s environment: it gets its own values or none.
 _SECRET_ENV = (
@@ -116,6 +116,15 @@ class StackSecurity:
                 MODELYARD_ADMIN_TOKENS=self._admin_verifiers(),
                 MODELYARD_READER_TOKENS=self.reader_tokens,
             )
+        return env
+
+    def console_env(self) -> dict[str, str]:
+        """The console serves HTTPS with the stack's certificate and checks the services with its
+        CA; it learns the users' verifiers (to tell an admin from a reader at login) and holds no
+        token of its own: it forwards the one each user logs in with."""
+        env = self._tls_env(server=True)
+        if self.auth:
+            env.update(MODELYARD_ADMIN_TOKENS=self.admin_tokens, MODELYARD_READER_TOKENS=self.reader_tokens)
         return env
 
     def up_client(self, timeout_s: float) -> ClientSettings:

@@ -11,7 +11,6 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
-import grpc
 
 from modelyard.api import registry_pb2 as rpb
 from modelyard.cli import importer
@@ -23,9 +22,10 @@ from modelyard.cli.progress import spinner
 from modelyard.cli.stack import SEEDS, TINY_LABEL, TINY_TAGS, TINY_TEXT_SEED, Seed, Stack, StackLayout
 from modelyard.cli.stack_security import prepare_security
 from modelyard.common.artifact_roots import ARTIFACT_ROOTS_ENV, roots_with_store
+from modelyard.common.errors import NotFound
 
 if TYPE_CHECKING:
-    from modelyard.api.registry_pb2_grpc import RegistryServiceAsyncStub as Stub
+    from modelyard.client import RegistryClient
 
 
 class StopRequested(BaseException):
@@ -40,22 +40,22 @@ def default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "modelyard"
 
 
-async def _deployment_exists(stub: Stub, name: str, timeout_s: float) -> bool:
+async def _deployment_exists(registry: RegistryClient, name: str, timeout_s: float) -> bool:
     try:
-        await stub.GetDeployment(rpb.GetDeploymentRequest(name=name), timeout=timeout_s)
+        await registry.get_deployment(rpb.GetDeploymentRequest(name=name), timeout=timeout_s)
         return True
-    except grpc.aio.AioRpcError as error:
-        if error.code() == grpc.StatusCode.NOT_FOUND:
-            return False
-        raise
+    except NotFound:
+        return False
 
 
 def seed(ctx: CliContext, item: Seed, layout: StackLayout, store_url: str) -> str:
     """Register the seed's version and deployment where absent; returns what was done."""
     t = ctx.timeout_s
-    if ctx.registry_call(lambda stub: _deployment_exists(stub, item.deployment, t)):
+    if ctx.registry_call(lambda registry: _deployment_exists(registry, item.deployment, t)):
         return "exists"
-    found = ctx.registry_call(lambda stub: importer.existing_version(stub, item.model_id, item.version, t))
+    found = ctx.registry_call(
+        lambda registry: importer.existing_version(registry, item.model_id, item.version, t)
+    )
     if found is None:
         from modelyard.inference.artifacts import checkpoint_hash
 
@@ -75,15 +75,15 @@ def seed(ctx: CliContext, item: Seed, layout: StackLayout, store_url: str) -> st
             model_tags=dict(TINY_TAGS) if item.tiny else {},
         )
         ctx.registry_call(
-            lambda stub: importer.register(
-                stub, draft, source_uri=uri, checkpoint=checkpoint, signature=signature, timeout_s=t
+            lambda registry: importer.register(
+                registry, draft, source_uri=uri, checkpoint=checkpoint, signature=signature, timeout_s=t
             )
         )
 
-    async def route(stub: Stub) -> None:
-        aliases = await stub.ListAliases(rpb.ListAliasesRequest(model_id=item.model_id), timeout=t)
+    async def route(registry: RegistryClient) -> None:
+        aliases = await registry.list_aliases(rpb.ListAliasesRequest(model_id=item.model_id), timeout=t)
         if not any(a.alias == "production" for a in aliases.aliases):
-            await stub.SetAlias(
+            await registry.set_alias(
                 rpb.SetAliasRequest(
                     model_id=item.model_id,
                     alias="production",
@@ -92,7 +92,7 @@ def seed(ctx: CliContext, item: Seed, layout: StackLayout, store_url: str) -> st
                 ),
                 timeout=t,
             )
-        await stub.CreateDeployment(
+        await registry.create_deployment(
             rpb.CreateDeploymentRequest(
                 name=item.deployment,
                 model_id=item.model_id,
@@ -108,8 +108,8 @@ def seed(ctx: CliContext, item: Seed, layout: StackLayout, store_url: str) -> st
 
 
 def _print_endpoints(ctx: CliContext, stack: Stack) -> None:
-    async def read(stub: Stub) -> dict[str, rpb.Deployment]:
-        listed = await stub.ListDeployments(rpb.ListDeploymentsRequest(), timeout=ctx.timeout_s)
+    async def read(registry: RegistryClient) -> dict[str, rpb.Deployment]:
+        listed = await registry.list_deployments(rpb.ListDeploymentsRequest())
         return {d.name: d for d in listed.deployments}
 
     deployments = ctx.registry_call(read)
@@ -138,6 +138,10 @@ def _print_endpoints(ctx: CliContext, stack: Stack) -> None:
             "suites: stdlib-docstrings, digits, digits-captions, load",
         )
     )
+    if state.get("console"):
+        rows.append(
+            ("console", state["console"]["url"], "", "web console: overview, catalog, switch, compare")
+        )
     table(ctx, ["service", "gRPC address", "/metrics", "serves"], rows)
 
 
@@ -161,6 +165,13 @@ def _print_endpoints(ctx: CliContext, stack: Stack) -> None:
     default=50061,
     show_default=True,
     help="0 = a free port.",
+)
+@click.option(
+    "--console-port",
+    type=click.IntRange(0, 65535),
+    default=8090,
+    show_default=True,
+    help="Web console HTTP port; 0 = a free port.",
 )
 @click.option(
     "--text-workers",
@@ -203,6 +214,7 @@ def up(
     data_dir: Path | None,
     registry_port: int,
     benchmark_port: int,
+    console_port: int,
     text_workers: int,
     skip_seed: tuple[str, ...],
     tiny_text: bool,
@@ -210,8 +222,8 @@ def up(
     auth: bool,
     ready_timeout: float,
 ) -> None:
-    """Start the registry (embedded PostgreSQL), one worker per model type and the benchmark
-    service; register the initial versions; serve until Ctrl-C or SIGTERM, then stop everything.
+    """Start the registry (embedded PostgreSQL), one worker per model type, the benchmark service
+    and the web console; register the initial versions; serve until Ctrl-C or SIGTERM, then stop everything.
 
     text-embedding serves the real all-MiniLM-L6-v2; image-embedding and captioning serve tiny
     demo models (random weights) built on the spot. With --json, prints the endpoints as JSON
@@ -224,6 +236,7 @@ def up(
         data_dir,
         registry_port=registry_port,
         benchmark_port=benchmark_port,
+        console_port=console_port,
         text_workers=text_workers,
     )
     if layout.state_file.exists():
@@ -257,6 +270,9 @@ def up(
                 label = f" ({TINY_LABEL})" if item.tiny else ""
                 ctx.say(f"registered  {item.deployment}: {item.model_id} {item.version}{label}")
         with spinner(ctx, "starting workers and the benchmark service"):
+            stack.wait_all_started()
+        with spinner(ctx, "starting the web console"):
+            stack.start_console()
             stack.wait_all_started()
         _wait_ready(ctx, stack, ready_timeout)
         stack.write_state()
@@ -313,8 +329,8 @@ def _alive(pid: int) -> bool:
 def _wait_ready(ctx: CliContext, stack: Stack, timeout_s: float) -> None:
     """Every existing deployment served by a worker of the stack has converged."""
 
-    async def names(stub: Stub) -> list[str]:
-        listed = await stub.ListDeployments(rpb.ListDeploymentsRequest(), timeout=ctx.timeout_s)
+    async def names(registry: RegistryClient) -> list[str]:
+        listed = await registry.list_deployments(rpb.ListDeploymentsRequest())
         return [d.name for d in listed.deployments if d.name in stack.deployments]
 
     deadline = time.monotonic() + timeout_s
@@ -328,8 +344,8 @@ def _wait_ready(ctx: CliContext, stack: Stack, timeout_s: float) -> None:
                     )
                 left = deadline - time.monotonic()
                 status = ctx.registry_call(
-                    lambda stub, n=name, w=min(2.0, max(left, 0.1)): wait_for_rollout(
-                        stub, n, 0, w, ctx.timeout_s
+                    lambda registry, n=name, w=min(2.0, max(left, 0.1)): wait_for_rollout(
+                        registry, n, 0, w, ctx.timeout_s
                     )  # type: ignore[misc]
                 )
                 expected = sum(1 for d, _ in stack.workers if d == name)

@@ -6,13 +6,17 @@ import grpc
 
 
 class ModelyardError(Exception):
-    """Base of every error a client may see; the message says what was wrong and what to do."""
+    """Base of every error a client may see; the message says what was wrong and what to do.
+
+    Servers raise the subclass for the status they mean; `modelyard.client` raises the same
+    subclasses for a failed call, with the server's `request_id` (quote it when reporting)."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, request_id: str = "") -> None:
         super().__init__(message)
         self.message = message
+        self.request_id = request_id
 
 
 class NotFound(ModelyardError):
@@ -49,3 +53,44 @@ class PermissionDenied(ModelyardError):
 
 class Aborted(ModelyardError):
     code = grpc.StatusCode.ABORTED
+
+
+class DeadlineExceeded(ModelyardError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(ModelyardError):
+    code = grpc.StatusCode.CANCELLED
+
+
+class Unimplemented(ModelyardError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Unknown(ModelyardError):
+    code = grpc.StatusCode.UNKNOWN
+
+
+def error_for_status(code: grpc.StatusCode, message: str, *, request_id: str = "") -> ModelyardError:
+    """The ModelyardError subclass for a gRPC status (INTERNAL for one without its own class)."""
+    for kind in _BY_CODE:
+        if kind.code == code:
+            return kind(message, request_id=request_id)
+    return ModelyardError(message, request_id=request_id)
+
+
+_BY_CODE: tuple[type[ModelyardError], ...] = (
+    NotFound,
+    InvalidArgument,
+    AlreadyExists,
+    FailedPrecondition,
+    Unavailable,
+    ResourceExhausted,
+    Unauthenticated,
+    PermissionDenied,
+    Aborted,
+    DeadlineExceeded,
+    Cancelled,
+    Unimplemented,
+    Unknown,
+)

@@ -41,7 +41,7 @@ class MetricsEndpoint:
                     "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")]
                 )
                 return [b"ok\n" if ok else b"not serving\n"]
-            return metrics(environ, start_response)  # type: ignore[no-any-return]
+            return metrics(environ, start_response)
 
         server_class = type("Server", (ThreadingWSGIServer,), {"address_family": _family(host, port)})
         self._server: WSGIServer = make_server(host, port, app, server_class, handler_class=_QuietHandler)

@@ -73,21 +73,3 @@ class ServerSettings(BaseSettings):
             Role.WORKER: self.worker_tokens,
             Role.BENCHMARK: self.benchmark_tokens,
         }
-
-
-class ClientSettings(BaseSettings):
-    """How a process reaches another Modelyard server."""
-
-    model_config = SettingsConfigDict(env_prefix="MODELYARD_", extra="ignore", populate_by_name=True)
-
-    token: str | None = Field(None, description="Bearer token sent as `authorization` metadata.")
-    tls: bool = Field(False, description="Use TLS towards the server.")
-    tls_ca_file: str | None = Field(None, description="PEM CA bundle to verify the server with.")
-    tls_server_name: str | None = Field(
-        None,
-        description="Name to verify the server's certificate against instead of the address's host: "
-        "for servers reached by IP (workers advertise pod IPs) that share one certificate.",
-    )
-    tls_client_cert_file: str | None = None
-    tls_client_key_file: str | None = None
-    timeout_s: float = Field(10.0, description="Deadline of each unary call.")

@@ -12,14 +12,12 @@ import numpy as np
 
 from modelyard.api import grpc_predict_v2_pb2 as pb
 from modelyard.api import registry_pb2
+from modelyard.common.modelspec import InferenceConfig, Signature, TensorSpec
 from modelyard.inference.domain import (
     DeploymentSpec,
-    InferenceConfig,
     InferenceRequest,
     InferenceResponse,
     InputTensor,
-    ModelSignature,
-    TensorSpec,
     VersionSpec,
 )
 from modelyard.inference.errors import BadInput
@@ -124,9 +122,9 @@ def response_to_grpc(response: InferenceResponse) -> pb.ModelInferResponse:
         if output.datatype == "BYTES":
             items = list(output.data)
             if response.raw:
-                message.raw_output_contents.append(encode_bytes_raw(items))  # type: ignore[arg-type]
+                message.raw_output_contents.append(encode_bytes_raw(items))
             else:
-                tensor.contents.bytes_contents.extend(items)  # type: ignore[arg-type]
+                tensor.contents.bytes_contents.extend(items)
         else:
             dtype, field_name = NUMERIC[output.datatype]
             array = np.asarray(output.data, dtype=dtype)
@@ -137,10 +135,10 @@ def response_to_grpc(response: InferenceResponse) -> pb.ModelInferResponse:
     return message
 
 
-def signature_from_registry(message: registry_pb2.Signature) -> ModelSignature | None:
+def signature_from_registry(message: registry_pb2.Signature) -> Signature | None:
     if not message.inputs and not message.outputs:
         return None
-    return ModelSignature(
+    return Signature(
         inputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in message.inputs),
         outputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in message.outputs),
         embedding_dim=message.embedding_dim,
@@ -180,7 +178,7 @@ def deployment_from_registry(message: registry_pb2.Deployment) -> DeploymentSpec
 
 # The reverse direction exists for one reader: the worker's own record of what it applied
 # (`applied_state`), which must read back into specs equal to those the registry sent.
-def signature_to_registry(signature: ModelSignature | None) -> registry_pb2.Signature:
+def signature_to_registry(signature: Signature | None) -> registry_pb2.Signature:
     if signature is None:
         return registry_pb2.Signature()
     return registry_pb2.Signature(

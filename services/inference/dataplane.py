@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from modelyard.common.modelspec import TensorSpec
 from modelyard.inference import metrics
 from modelyard.inference.batching import DynamicBatcher
 from modelyard.inference.domain import (
@@ -20,11 +21,10 @@ from modelyard.inference.domain import (
     InferenceResponse,
     InputTensor,
     OutputTensor,
-    TensorSpec,
 )
 from modelyard.inference.errors import BadInput, NotReady, WorkerAtCapacity
 from modelyard.inference.limits import Admission, ItemLimits, TextLimit, check_images, text_token_limit
-from modelyard.inference.routing import LoadedVersion, RoutingTable
+from modelyard.inference.routing import LoadedRuntime, RoutingTable
 
 # Below this many input bytes, cheap decoding (UTF-8) costs less than a hop to the executor.
 _INLINE_PREPARE_BYTES = 64 * 1024
@@ -63,7 +63,7 @@ class DataPlane:
         self._decode_executor = decode_executor or executor
         self.limits = limits or ItemLimits()
         self.admission = admission or Admission()
-        self._text_limits: weakref.WeakKeyDictionary[LoadedVersion, TextLimit] = weakref.WeakKeyDictionary()
+        self._text_limits: weakref.WeakKeyDictionary[LoadedRuntime, TextLimit] = weakref.WeakKeyDictionary()
 
     def routes_changed(self) -> None:
         """Size the auto admission limit for the versions now loaded."""
@@ -124,7 +124,7 @@ class DataPlane:
                 metrics.REQUEST_DURATION.labels(*labels, outcome).observe(time.perf_counter() - started)
 
     async def _infer_on(
-        self, loaded: LoadedVersion, request: InferenceRequest, labels: tuple[str, str, str], caller: str
+        self, loaded: LoadedRuntime, request: InferenceRequest, labels: tuple[str, str, str], caller: str
     ) -> InferenceResponse:
         signature = loaded.runtime.signature()
         tensor = _single_input(request.inputs, [spec.name for spec in signature.inputs])
@@ -178,14 +178,14 @@ class DataPlane:
             raw=request.raw,
         )
 
-    async def _prepare(self, loaded: LoadedVersion, name: str, items: list[bytes]) -> list[Any]:
+    async def _prepare(self, loaded: LoadedRuntime, name: str, items: list[bytes]) -> list[Any]:
         """Check the elements against their limits, then decode them: inline when cheap, else in the
         decode executor (images: header checks there too, they are PIL calls)."""
         runtime = loaded.runtime
         if name == "text":
             self._text_limit(loaded).check(items, name, loaded.version)
         if runtime.prepare_is_cheap(name) and sum(len(item) for item in items) < _INLINE_PREPARE_BYTES:
-            return runtime.prepare(name, items)  # type: ignore[no-any-return]
+            return runtime.prepare(name, items)
         loop = asyncio.get_running_loop()
         if name == "image":
             return await loop.run_in_executor(self._decode_executor, self._prepare_images, runtime, items)
@@ -193,9 +193,9 @@ class DataPlane:
 
     def _prepare_images(self, runtime: Any, items: list[bytes]) -> list[Any]:
         check_images(items, "image", self.limits)
-        return runtime.prepare("image", items)  # type: ignore[no-any-return]
+        return runtime.prepare("image", items)
 
-    def _text_limit(self, loaded: LoadedVersion) -> TextLimit:
+    def _text_limit(self, loaded: LoadedRuntime) -> TextLimit:
         limit = self._text_limits.get(loaded)
         if limit is None:
             limit = TextLimit(text_token_limit(loaded.runtime), self.limits.text_bytes_per_token)
@@ -203,7 +203,7 @@ class DataPlane:
         return limit
 
     def _batcher(
-        self, loaded: LoadedVersion, input_name: str, labels: tuple[str, str, str]
+        self, loaded: LoadedRuntime, input_name: str, labels: tuple[str, str, str]
     ) -> DynamicBatcher:
         batcher = loaded.batchers.get(input_name)
         if batcher is None:
@@ -211,7 +211,7 @@ class DataPlane:
             observe = metrics.BATCH_SIZE.labels(*labels).observe
 
             def run(items: list[Any]) -> dict[str, Any]:
-                return runtime.predict(input_name, items)  # type: ignore[no-any-return]
+                return runtime.predict(input_name, items)
 
             batcher = DynamicBatcher(
                 run,
@@ -223,7 +223,7 @@ class DataPlane:
                 on_batch=observe,
             )
             loaded.batchers[input_name] = batcher
-        return batcher  # type: ignore[no-any-return]
+        return batcher
 
 
 def _single_input(inputs: list[InputTensor], accepted: list[str]) -> InputTensor:
@@ -244,7 +244,7 @@ def _output(name: str, value: Any) -> OutputTensor:
     return OutputTensor(name=name, datatype="BYTES", shape=[len(items)], data=items)
 
 
-def _representative(versions: Any, weights: Any) -> LoadedVersion:
+def _representative(versions: Any, weights: Any) -> LoadedRuntime:
     """The heaviest-weighted version, for metadata requests that pin none."""
     best = max(versions, key=lambda name: weights.get(name, 0))
-    return versions[best]  # type: ignore[no-any-return]
+    return versions[best]

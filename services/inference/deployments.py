@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelyard.common.log import event
+from modelyard.common.states import VersionState
 from modelyard.inference import metrics
 from modelyard.inference.artifacts import ArtifactCache
 from modelyard.inference.domain import DeploymentSpec, VersionSpec
 from modelyard.inference.load_retry import LoadFailure, RetryPolicy, is_transient
 from modelyard.inference.loaders import ModelRuntime, create_runtime
-from modelyard.inference.routing import DeploymentRoutes, LoadedVersion, RoutingTable
+from modelyard.inference.routing import DeploymentRoutes, LoadedRuntime, RoutingTable
 
 log = logging.getLogger("modelyard.inference.deployments")
 
@@ -28,12 +29,10 @@ log = logging.getLogger("modelyard.inference.deployments")
 # hands every 0.5 ms instead of 5, so requests in flight wait less for it.
 _LOADING_SWITCH_INTERVAL_S = 0.0005
 
-LOADING, SERVING, DRAINING, FAILED = "LOADING", "SERVING", "DRAINING", "FAILED"
-
 
 @dataclass
-class VersionStatus:
-    state: str
+class LoadedVersion:
+    state: VersionState
     checkpoint_hash: str
     device: str = ""
     last_error: str = ""
@@ -44,7 +43,7 @@ class VersionStatus:
 @dataclass
 class DeploymentStatus:
     revision: int = 0
-    versions: dict[str, VersionStatus] = field(default_factory=dict)
+    versions: dict[str, LoadedVersion] = field(default_factory=dict)
 
 
 class DeploymentApplier:
@@ -133,10 +132,10 @@ class DeploymentApplier:
         current = self.table.find(spec.name)
         current_versions = dict(current.versions) if current else {}
         status = self.status.setdefault(spec.name, DeploymentStatus())
-        loaded: dict[str, LoadedVersion] = {}
+        loaded: dict[str, LoadedRuntime] = {}
         failures: dict[str, str] = {}
         retryable: list[str] = []
-        fresh: list[LoadedVersion] = []
+        fresh: list[LoadedRuntime] = []
         routed = {name for name, _weight in spec.routes}
         for key in [k for k in self._attempts if k[0] == spec.name and k[1] not in routed]:
             del self._attempts[key]  # a version that comes back later starts counting again
@@ -150,7 +149,9 @@ class DeploymentApplier:
                 loaded[name] = existing
                 continue
             attempts = self._count_attempt(spec.name, vspec)
-            status.versions[name] = VersionStatus(LOADING, vspec.checkpoint_hash, attempts=attempts)
+            status.versions[name] = LoadedVersion(
+                VersionState.LOADING, vspec.checkpoint_hash, attempts=attempts
+            )
             self._on_change()
             try:
                 version = await self._load(spec.name, vspec)
@@ -160,8 +161,8 @@ class DeploymentApplier:
                 failures[name] = message
                 if transient:
                     retryable.append(name)
-                status.versions[name] = VersionStatus(
-                    FAILED, vspec.checkpoint_hash, last_error=message, attempts=attempts
+                status.versions[name] = LoadedVersion(
+                    VersionState.FAILED, vspec.checkpoint_hash, last_error=message, attempts=attempts
                 )
                 event(
                     log,
@@ -190,7 +191,9 @@ class DeploymentApplier:
             for version in fresh:
                 status.versions.pop(version.version, None)
                 self._retire(spec.name, version)
-            for name in [n for n, v in status.versions.items() if v.state == FAILED and n not in routed]:
+            for name in [
+                n for n, v in status.versions.items() if v.state == VersionState.FAILED and n not in routed
+            ]:
                 del status.versions[name]  # refused earlier, no longer wanted
             event(log, "routes.refused", deployment=spec.name, revision=spec.revision, error=self.last_error)
             self._plan_retry(spec, retryable)
@@ -210,10 +213,12 @@ class DeploymentApplier:
         status.revision = spec.revision
         for name, version in loaded.items():
             attempts = self._attempts.get((spec.name, name), (version.spec, 1))[1]
-            status.versions[name] = VersionStatus(
-                SERVING, version.spec.checkpoint_hash, version.device, attempts=attempts
+            status.versions[name] = LoadedVersion(
+                VersionState.SERVING, version.spec.checkpoint_hash, version.device, attempts=attempts
             )
-        for name in [n for n, v in status.versions.items() if v.state == FAILED and n not in failures]:
+        for name in [
+            n for n, v in status.versions.items() if v.state == VersionState.FAILED and n not in failures
+        ]:
             del status.versions[name]  # refused earlier, no longer wanted
         if not failures:
             self.last_error = ""
@@ -293,7 +298,7 @@ class DeploymentApplier:
         self._on_applied(name, None)
         event(log, "deployment.removed", deployment=name)
 
-    async def _load(self, deployment: str, spec: VersionSpec) -> LoadedVersion:
+    async def _load(self, deployment: str, spec: VersionSpec) -> LoadedRuntime:
         """Raises LoadFailure, saying whether the failure may clear on its own."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
@@ -319,7 +324,7 @@ class DeploymentApplier:
             device=runtime.device,
             seconds=round(seconds, 3),
         )
-        return LoadedVersion(spec, runtime, device=runtime.device)
+        return LoadedRuntime(spec, runtime, device=runtime.device)
 
     def _load_blocking(self, spec: VersionSpec, path: Path) -> ModelRuntime:
         runtime = create_runtime(spec, path, allow_remote_code=self.allow_remote_code)
@@ -351,16 +356,16 @@ class DeploymentApplier:
                 )
 
     # --- draining -------------------------------------------------------------------------------
-    def _retire(self, deployment: str, version: LoadedVersion) -> None:
+    def _retire(self, deployment: str, version: LoadedRuntime) -> None:
         status = self.status.get(deployment)
         if status is not None and status.versions.get(version.version, None) is not None:
-            if status.versions[version.version].state == SERVING:
-                status.versions[version.version].state = DRAINING
+            if status.versions[version.version].state == VersionState.SERVING:
+                status.versions[version.version].state = VersionState.DRAINING
         task = asyncio.create_task(self._drain_and_unload(deployment, version), name="unload")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _drain_and_unload(self, deployment: str, version: LoadedVersion) -> None:
+    async def _drain_and_unload(self, deployment: str, version: LoadedRuntime) -> None:
         await version.drained()
         for batcher in version.batchers.values():
             await batcher.close()
@@ -373,7 +378,7 @@ class DeploymentApplier:
         still_routed = routes is not None and version.version in routes.versions
         if status is not None and not still_routed:
             entry = status.versions.get(version.version)
-            if entry is not None and entry.state in (DRAINING, SERVING):
+            if entry is not None and entry.state in (VersionState.DRAINING, VersionState.SERVING):
                 del status.versions[version.version]
         self._on_change()
 

@@ -7,17 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.common.modelspec import InferenceConfig, TensorSpec
-
-
-@dataclass(frozen=True)
-class ModelSignature:
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    embedding_dim: int = 0
-
-    def input(self, name: str) -> TensorSpec | None:
-        return next((spec for spec in self.inputs if spec.name == name), None)
+from modelyard.common.modelspec import InferenceConfig, Signature
 
 
 @dataclass(frozen=True)
@@ -30,7 +20,7 @@ class VersionSpec:
     checkpoint_hash: str
     loader: str
     config: InferenceConfig = field(default_factory=InferenceConfig)
-    signature: ModelSignature | None = None
+    signature: Signature | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:

@@ -35,6 +35,11 @@ class UnknownLoader(FailedPrecondition):
     """The version names a loader this worker does not have."""
 
 
+class UnsupportedConfig(FailedPrecondition):
+    """The version's inference config asks for what this worker cannot do: a CUDA device it lacks,
+    a quantization it does not know, int8 on a GPU. Permanent until the version or worker changes."""
+
+
 class ModelNotFound(NotFound):
     """The deployment or pinned version is not loaded on this worker."""
 

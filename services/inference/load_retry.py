@@ -13,7 +13,7 @@ clear on its own, and is retried while the version is still routed.
 - Permanent: `CheckpointMismatch` (the bytes at the source are not the registered ones; publish the
   artifact atomically, or any route change tries again), `ArtifactRefused` (outside the artifact
   roots, a symlink out of it), `RemoteCodeRefused` (the operator did not allow its code),
-  `UnknownLoader` (unknown loader or quantization, a CUDA device this worker lacks), invalid input
+  `UnknownLoader`, `UnsupportedConfig` (an unknown quantization, a CUDA device this worker lacks), invalid input
   (`InvalidArgument`), `PermissionDenied`, and every other loader error: the loader choked on the
   artifact's contents, which will be the same next time.
 """
@@ -32,6 +32,7 @@ from modelyard.inference.errors import (
     CheckpointMismatch,
     RemoteCodeRefused,
     UnknownLoader,
+    UnsupportedConfig,
 )
 
 _RESOURCE_ERRNOS = frozenset(
@@ -42,6 +43,7 @@ _PERMANENT = (
     ArtifactRefused,
     RemoteCodeRefused,
     UnknownLoader,
+    UnsupportedConfig,
     InvalidArgument,
     PermissionDenied,
 )

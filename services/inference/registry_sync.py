@@ -10,28 +10,18 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc import aio
 
 from modelyard.api import registry_pb2 as rpb
-from modelyard.api import registry_pb2_grpc as rpb_grpc
-from modelyard.common.channel import open_channel
+from modelyard.client import ClientSettings, ModelyardError, RegistryClient
 from modelyard.common.log import event
-from modelyard.common.settings import ClientSettings
+from modelyard.common.states import VERSION_STATE_TO_PB, VersionState, WorkerState
 from modelyard.inference import metrics
 from modelyard.inference.converters import deployment_from_registry
 from modelyard.inference.deployments import DeploymentApplier
 from modelyard.inference.domain import DeploymentSpec
 
 log = logging.getLogger("modelyard.inference.registry")
-
-_STATES = {
-    "LOADING": rpb.LOADING,
-    "SERVING": rpb.SERVING,
-    "DRAINING": rpb.DRAINING,
-    "FAILED": rpb.FAILED,
-}
 
 
 class RegistrySync:
@@ -69,7 +59,7 @@ class RegistrySync:
         self._backoff = (reconnect_initial_s, reconnect_max_s)
         self.revision = 0
         self.connected = asyncio.Event()
-        self.state = "starting"
+        self.state = WorkerState.STARTING
         self.fallback = False
         self._stored = stored
         self._fallback_after_s = fallback_after_s
@@ -77,7 +67,7 @@ class RegistrySync:
         self._attempted = asyncio.Event()  # the first watch attempt succeeded or failed
         self._snapshot_seen = False
         self._changed = asyncio.Event()
-        self._channel: aio.Channel | None = None
+        self._registry: RegistryClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -89,7 +79,7 @@ class RegistrySync:
         self._changed.set()
 
     async def start(self) -> None:
-        self._channel = open_channel(self.address, self._client)
+        self._registry = RegistryClient(self.address, self._client)
         self._tasks = [
             asyncio.create_task(self._watch_forever(), name="registry-watch"),
             asyncio.create_task(self._heartbeat_forever(), name="registry-heartbeat"),
@@ -101,28 +91,26 @@ class RegistrySync:
 
     async def stop(self) -> None:
         """Cancel its tasks, then send a last `stopping` heartbeat (best effort)."""
-        self.state = "stopping"
+        self.state = WorkerState.STOPPING
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        with contextlib.suppress(grpc.RpcError, asyncio.TimeoutError, AttributeError):
+        with contextlib.suppress(ModelyardError, asyncio.TimeoutError):
             await asyncio.wait_for(self._report(), 1.0)
-        if self._channel is not None:
-            await self._channel.close(None)
+        if self._registry is not None:
+            await self._registry.close()
 
     # --- watch ----------------------------------------------------------------------------------
     async def _watch_forever(self) -> None:
         initial, ceiling = self._backoff
         delay = initial
         while True:
-            assert self._channel is not None
-            stub = rpb_grpc.RegistryServiceStub(self._channel)
+            assert self._registry is not None
             request = rpb.WatchDeploymentsRequest(deployments=self.deployments, since_revision=self.revision)
             try:
-                call = stub.WatchDeployments(request)
-                async for message in call:
+                async for message in self._registry.watch_deployments(request):
                     if not self.connected.is_set():
                         event(
                             log,
@@ -136,10 +124,8 @@ class RegistrySync:
                     delay = initial
                     self._handle(message)
                 reason = "stream ended"
-            except grpc.RpcError as exc:
-                reason = (
-                    f"{exc.code().name}: {exc.details()}" if isinstance(exc, aio.AioRpcError) else str(exc)
-                )
+            except ModelyardError as exc:
+                reason = f"{exc.code.name}: {exc.message}"
             self._attempted.set()
             if self.connected.is_set():
                 self.connected.clear()
@@ -234,10 +220,16 @@ class RegistrySync:
         now = Timestamp()
         now.GetCurrentTime()
         applier = self.applier
-        failing = any(v.state == "FAILED" for d in applier.status.values() for v in d.versions.values())
+        failing = any(
+            v.state == VersionState.FAILED for d in applier.status.values() for v in d.versions.values()
+        )
         state = self.state
-        if state != "stopping":
-            state = "starting" if not applier.table.any_routable else ("degraded" if failing else "serving")
+        if state != WorkerState.STOPPING:
+            state = (
+                WorkerState.STARTING
+                if not applier.table.any_routable
+                else (WorkerState.DEGRADED if failing else WorkerState.SERVING)
+            )
         status = rpb.WorkerStatus(
             worker_id=self.worker_id,
             address=self.advertise_address,
@@ -252,7 +244,7 @@ class RegistrySync:
             for version, v in sorted(deployment.versions.items()):
                 loaded = entry.versions.add(
                     version=version,
-                    state=_STATES[v.state],
+                    state=VERSION_STATE_TO_PB[v.state],
                     checkpoint_hash=v.checkpoint_hash,
                     device=v.device,
                     last_error=v.last_error,
@@ -263,11 +255,8 @@ class RegistrySync:
         return status
 
     async def _report(self) -> None:
-        assert self._channel is not None
-        stub = rpb_grpc.RegistryServiceStub(self._channel)
-        response = await stub.ReportStatus(
-            rpb.ReportStatusRequest(status=self.worker_status()), timeout=self._client.timeout_s
-        )
+        assert self._registry is not None
+        response = await self._registry.report_status(rpb.ReportStatusRequest(status=self.worker_status()))
         if response.heartbeat_interval_ms > 0:
             self._heartbeat_s = response.heartbeat_interval_ms / 1000
 
@@ -276,8 +265,7 @@ class RegistrySync:
             self._changed.clear()
             try:
                 await self._report()
-            except grpc.RpcError as exc:
-                detail = exc.code().name if isinstance(exc, aio.AioRpcError) else str(exc)
-                event(log, "registry.heartbeat_failed", level=logging.DEBUG, error=detail)
+            except ModelyardError as exc:
+                event(log, "registry.heartbeat_failed", level=logging.DEBUG, error=exc.code.name)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self._heartbeat_s)

@@ -18,7 +18,7 @@ from modelyard.inference.domain import VersionSpec
 from modelyard.inference.errors import ModelNotFound, NotReady
 
 
-class LoadedVersion:
+class LoadedRuntime:
     """A version whose runtime is loaded and warm, with its batchers and in-flight count."""
 
     def __init__(self, spec: VersionSpec, runtime: Any, *, device: str = "cpu") -> None:
@@ -57,7 +57,7 @@ class DeploymentRoutes:
 
     deployment: str
     model_id: str
-    versions: Mapping[str, LoadedVersion]
+    versions: Mapping[str, LoadedRuntime]
     weights: Mapping[str, int]
     revision: int = 0
     _cumulative: tuple[int, ...] = field(init=False, repr=False)
@@ -76,7 +76,7 @@ class DeploymentRoutes:
     def routable(self) -> bool:
         return bool(self._order)
 
-    def choose(self, pinned: str = "", rng: random.Random | None = None) -> LoadedVersion:
+    def choose(self, pinned: str = "", rng: random.Random | None = None) -> LoadedRuntime:
         if pinned:
             loaded = self.versions.get(pinned)
             if loaded is None:
@@ -132,7 +132,7 @@ class RoutingTable:
         return any(routes.routable for routes in self._routes.values())
 
     @asynccontextmanager
-    async def acquire(self, deployment: str, pinned: str = "") -> AsyncIterator[LoadedVersion]:
+    async def acquire(self, deployment: str, pinned: str = "") -> AsyncIterator[LoadedRuntime]:
         """Choose a version and hold it for the duration of one request."""
         loaded = self.get(deployment).choose(pinned, self._rng)
         loaded.enter()

@@ -81,7 +81,7 @@ def build_tiny_open_clip(target: str | Path, *, seed: int = 0, embed_dim: int = 
         "std": [0.26862954, 0.26130258, 0.27577711],
     }
     torch.manual_seed(seed)
-    model = open_clip.CLIP(**model_cfg)  # type: ignore[arg-type]
+    model = open_clip.CLIP(**model_cfg)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(target / "open_clip_model.safetensors"))
     (target / "open_clip_config.json").write_text(

@@ -16,15 +16,16 @@ from google.protobuf import json_format
 
 from modelyard.api import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelyard.api import registry_pb2 as rpb
+from modelyard.client import ClientSettings
 from modelyard.common.artifact_roots import ArtifactRoots
 from modelyard.common.log import event
 from modelyard.common.server import NOT_SERVING, SERVING, GrpcServer, freeze_startup_objects
-from modelyard.common.settings import ClientSettings
 from modelyard.inference.applied_state import AppliedState
 from modelyard.inference.artifacts import ArtifactCache
 from modelyard.inference.converters import deployment_from_registry
 from modelyard.inference.dataplane import DataPlane
 from modelyard.inference.deployments import DeploymentApplier
+from modelyard.inference.domain import DeploymentSpec
 from modelyard.inference.limits import Admission, ItemLimits
 from modelyard.inference.load_retry import RetryPolicy
 from modelyard.inference.loaders import preimport_all
@@ -233,7 +234,7 @@ def plan_lanes(instances: int, cores: int) -> Lanes:
     return Lanes(instances, per_instance, solo)
 
 
-def load_static_deployments(path: str) -> list:  # type: ignore[type-arg]
+def load_static_deployments(path: str) -> list[DeploymentSpec]:
     """A JSON list of registry `Deployment` messages (protobuf JSON mapping)."""
     documents = json.loads(Path(path).read_text())
     specs = []

@@ -1,28 +1,14 @@
-"""`python -m modelyard.registry`: run one registry replica."""
+"""`python -m modelyard.registry`: run one registry replica; the same command as `modelyard registry
+serve` (flags, help and validation are defined once, in `modelyard.cli.serve`)."""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-
-from modelyard.common.log import configure_logging
-from modelyard.registry.server import RegistryServer
-from modelyard.registry.settings import RegistrySettings
+from modelyard.cli.entry import run_command
+from modelyard.cli.serve import registry_serve
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m modelyard.registry", description=__doc__)
-    parser.add_argument("--host")
-    parser.add_argument("--port", type=int)
-    parser.add_argument("--metrics-port", type=int)
-    parser.add_argument("--database-url")
-    parser.add_argument("--data-dir")
-    parser.add_argument("--poll-interval-s", type=float)
-    args = parser.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
-    settings = RegistrySettings(**overrides)
-    configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(RegistryServer(settings).run())
+    run_command(registry_serve, argv, prog_name="python -m modelyard.registry")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Fan-out of deployment changes to watchers: one LISTEN connection and a safety-net poll per
-replica feed an in-memory tail of recent events that every watcher reads from."""
+replica feed an in-memory tail of recent events that every watcher (and every subscriber, such as
+the rollout waits) reads from."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import asyncio
 import collections
 import contextlib
 import logging
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import asyncpg
 from prometheus_client import Gauge
 
 from modelyard.common.log import event
+from modelyard.common.states import EventKind
 from modelyard.registry import repository
 from modelyard.registry.db import CONNECTION_ERRORS, Database, connect
-from modelyard.registry.domain import DeploymentEvent
+from modelyard.registry.domain import Deployment, DeploymentEvent
 
 log = logging.getLogger("modelyard.registry.broadcast")
 
@@ -28,6 +31,9 @@ ROUTE_WEIGHT = Gauge(
 REVISION = Gauge(
     "modelyard_deployment_revision", "Revision of each deployment's last change.", ["deployment"]
 )
+
+# What ends a LISTEN connection and makes the listener reconnect.
+_LISTEN_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
 
 
 class DeploymentBroadcast:
@@ -49,16 +55,13 @@ class DeploymentBroadcast:
         self._listening = asyncio.Event()
         self._retry_now = asyncio.Event()
         self._exported: dict[str, tuple[str, list[str]]] = {}
-
-    @property
-    def last_revision(self) -> int:
-        return self._last
+        self._subscribers: list[Callable[[DeploymentEvent], None]] = []
 
     async def start(self) -> None:
         async with self._db.connection() as conn:
             self._last = await repository.current_revision(conn)
             for deployment in await repository.list_deployments(conn):
-                self._export(DeploymentEvent(deployment.revision, "upserted", "", deployment))
+                self._export(DeploymentEvent(deployment.revision, EventKind.UPSERTED, "", deployment))
         self._tasks = [
             asyncio.create_task(self._listen_forever(), name="broadcast-listen"),
             asyncio.create_task(self._poll_forever(), name="broadcast-poll"),
@@ -85,6 +88,10 @@ class DeploymentBroadcast:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._listener.close(), 2)
 
+    def subscribe(self, callback: Callable[[DeploymentEvent], None]) -> None:
+        """Call `callback` (quick, synchronous) with every new event this replica learns of."""
+        self._subscribers.append(callback)
+
     def kick(self) -> None:
         """Fetch now (after a local commit, or a NOTIFY)."""
         task = asyncio.get_running_loop().create_task(self.fetch())
@@ -101,6 +108,8 @@ class DeploymentBroadcast:
                             self._tail.append(ev)
                             self._export(ev)
                             self._last = ev.revision
+                            for callback in self._subscribers:
+                                callback(ev)
                         if len(events) < 500:
                             break
             except Exception as exc:  # the poll retries; a watcher must not see this
@@ -115,7 +124,7 @@ class DeploymentBroadcast:
         for version in versions:
             with contextlib.suppress(KeyError):
                 ROUTE_WEIGHT.remove(d.name, model_id, version)
-        if ev.kind == "deleted":
+        if ev.kind == EventKind.DELETED:
             with contextlib.suppress(KeyError):
                 REVISION.remove(d.name)
             return
@@ -145,6 +154,27 @@ class DeploymentBroadcast:
         async with self._db.connection() as conn:
             return await repository.events_after(conn, revision=revision, limit=1000)
 
+    async def watch(
+        self, names: Sequence[str], since_revision: int
+    ) -> AsyncIterator[tuple[str, int, list[Deployment], str]]:
+        """Yield (kind, revision, deployments, action): a snapshot unless resuming, then every change."""
+        wanted = set(names)
+        last = since_revision
+        if since_revision <= 0 or since_revision > self._last:
+            # Resuming from a revision this registry never issued is answered with a snapshot.
+            await self.fetch()
+            if since_revision <= 0 or since_revision > self._last:
+                async with self._db.transaction(isolation="repeatable_read") as conn:
+                    last = await repository.current_revision(conn)
+                    deployments = await repository.list_deployments(conn)
+                yield EventKind.SNAPSHOT, last, [d for d in deployments if not wanted or d.name in wanted], ""
+        while True:
+            for ev in await self.events_after(last):
+                last = ev.revision
+                if not wanted or ev.deployment.name in wanted:
+                    yield ev.kind, ev.revision, [ev.deployment], ev.action
+            await self.wait_beyond(last, within_s=15.0)
+
     async def _listen_forever(self) -> None:
         delay = 0.2
         while True:
@@ -162,7 +192,7 @@ class DeploymentBroadcast:
                 event(log, "broadcast.listener_lost", level=logging.WARNING)
             except asyncio.CancelledError:
                 raise
-            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+            except _LISTEN_ERRORS as exc:
                 event(log, "broadcast.listen_failed", level=logging.WARNING, error=str(exc), retry_s=delay)
             self._listening.clear()
             with contextlib.suppress(Exception):

@@ -10,6 +10,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from modelyard.api import registry_pb2 as pb
 from modelyard.common.errors import InvalidArgument
+from modelyard.common.states import (
+    RUN_STATUS_FROM_PB,
+    RUN_STATUS_TO_PB,
+    VERSION_STATE_FROM_PB,
+    VERSION_STATE_TO_PB,
+    VERSION_STATUS_TO_PB,
+    VersionState,
+)
 from modelyard.common.timestamps import to_timestamp
 from modelyard.registry import domain as d
 
@@ -19,29 +27,9 @@ MODEL_TYPE_TO_PB = {
     "captioning": pb.CAPTIONING,
 }
 MODEL_TYPE_FROM_PB = {v: k for k, v in MODEL_TYPE_TO_PB.items()}
-STATUS_TO_PB = {"ready": pb.VERSION_STATUS_READY, "archived": pb.VERSION_STATUS_ARCHIVED}
-STATUS_FROM_PB = {v: k for k, v in STATUS_TO_PB.items()}
-STATE_TO_PB = {
-    "loading": pb.LOADING,
-    "serving": pb.SERVING,
-    "draining": pb.DRAINING,
-    "failed": pb.FAILED,
-}
-STATE_FROM_PB = {v: k for k, v in STATE_TO_PB.items()}
-RUN_STATUS_TO_PB = {
-    "running": pb.RUN_STATUS_RUNNING,
-    "succeeded": pb.RUN_STATUS_SUCCEEDED,
-    "failed": pb.RUN_STATUS_FAILED,
-}
-RUN_STATUS_FROM_PB = {v: k for k, v in RUN_STATUS_TO_PB.items()}
-EVENT_KIND_TO_PB = {
-    "snapshot": pb.WatchDeploymentsResponse.SNAPSHOT,
-    "upserted": pb.WatchDeploymentsResponse.UPSERTED,
-    "deleted": pb.WatchDeploymentsResponse.DELETED,
-}
 
 
-def model_type_from_pb(value: int, *, required: bool = False) -> str:
+def model_type_from_pb(value: pb.ModelType.ValueType, *, required: bool = False) -> str:
     if value == pb.MODEL_TYPE_UNSPECIFIED:
         if required:
             raise InvalidArgument("model_type is required: text_embedding, image_embedding or captioning")
@@ -111,7 +99,7 @@ def version_to_pb(v: d.ModelVersion) -> pb.ModelVersion:
         description=v.description,
         created_by=v.created_by,
         created_at=to_timestamp(v.created_at),
-        status=STATUS_TO_PB.get(v.status, pb.VERSION_STATUS_UNSPECIFIED),
+        status=VERSION_STATUS_TO_PB.get(v.status, pb.VERSION_STATUS_UNSPECIFIED),
         aliases=v.aliases,
     )
 
@@ -204,7 +192,7 @@ def worker_from_pb(w: pb.WorkerStatus) -> d.WorkerStatus:
                 versions=[
                     d.LoadedVersion(
                         version=v.version,
-                        state=STATE_FROM_PB.get(v.state, "loading"),
+                        state=VERSION_STATE_FROM_PB.get(v.state, VersionState.LOADING),
                         checkpoint_hash=v.checkpoint_hash,
                         device=v.device,
                         last_error=v.last_error,
@@ -235,7 +223,7 @@ def worker_to_pb(w: d.WorkerStatus) -> pb.WorkerStatus:
                 versions=[
                     pb.LoadedVersion(
                         version=v.version,
-                        state=STATE_TO_PB.get(v.state, pb.VERSION_STATE_UNSPECIFIED),
+                        state=VERSION_STATE_TO_PB.get(v.state, pb.VERSION_STATE_UNSPECIFIED),
                         checkpoint_hash=v.checkpoint_hash,
                         device=v.device,
                         last_error=v.last_error,
@@ -318,4 +306,26 @@ def version_metric_to_pb(m: d.VersionMetric) -> pb.VersionMetric:
         run_id=m.run_id,
         suite=m.suite,
         recorded_at=to_timestamp(m.recorded_at),
+    )
+
+
+def promotion_to_pb(p: d.Promotion) -> pb.SetAliasResponse:
+    return pb.SetAliasResponse(
+        model_id=p.alias.model_id,
+        alias=p.alias.alias,
+        version=p.alias.version,
+        previous_version=p.previous_version,
+        gates=[gate_to_pb(g) for g in p.gates],
+        switched=[deployment_to_pb(dep) for dep in p.switched],
+    )
+
+
+def import_counts_to_pb(c: d.ImportCounts) -> pb.ImportRegistryResponse:
+    return pb.ImportRegistryResponse(
+        models=c.models,
+        versions=c.versions,
+        aliases=c.aliases,
+        deployments=c.deployments,
+        benchmark_runs=c.benchmark_runs,
+        unchanged=c.unchanged,
     )

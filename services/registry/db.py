@@ -62,7 +62,8 @@ class Database:
             timeout=5,
             init=_init_connection,
         )
-        assert pool is not None
+        if pool is None:  # typed optional by asyncpg; an awaited create_pool always returns one
+            raise RuntimeError("asyncpg.create_pool returned no pool")
         return cls(url, pool)
 
     async def close(self) -> None:

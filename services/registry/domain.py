@@ -7,36 +7,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelyard.common.modelspec import InferenceConfig, TensorSpec
+from modelyard.common.modelspec import InferenceConfig, Signature, TensorSpec
+from modelyard.common.states import RunStatus, VersionStatus
 
 MODEL_TYPES = ("text_embedding", "image_embedding", "captioning")
-VERSION_STATUSES = ("ready", "archived")
-RUN_STATUSES = ("running", "succeeded", "failed")
-
-
-@dataclass(frozen=True)
-class Signature:
-    inputs: tuple[TensorSpec, ...] = ()
-    outputs: tuple[TensorSpec, ...] = ()
-    embedding_dim: int = 0
-
-    def differences(self, other: Signature) -> list[str]:
-        """What a consumer of `self` would notice when served `other`."""
-        diffs = []
-        if self.embedding_dim != other.embedding_dim:
-            diffs.append(f"embedding dimension {other.embedding_dim} instead of {self.embedding_dim}")
-        mine = {t.name: t for t in self.outputs}
-        theirs = {t.name: t for t in other.outputs}
-        for name in sorted(mine.keys() - theirs.keys()):
-            diffs.append(f"output {name!r} missing")
-        for name in sorted(mine.keys() & theirs.keys()):
-            if mine[name].datatype != theirs[name].datatype:
-                diffs.append(f"output {name!r} is {theirs[name].datatype} instead of {mine[name].datatype}")
-        consumed = {t.name for t in self.inputs}
-        offered = {t.name for t in other.inputs}
-        for name in sorted(consumed - offered):
-            diffs.append(f"input {name!r} no longer accepted")
-        return diffs
 
 
 @dataclass(frozen=True)
@@ -71,7 +45,7 @@ class ModelVersion:
     description: str = ""
     created_by: str = ""
     created_at: dt.datetime | None = None
-    status: str = "ready"
+    status: str = VersionStatus.READY
     aliases: list[str] = field(default_factory=list)
 
 
@@ -106,7 +80,7 @@ class Alias:
 @dataclass
 class DeploymentEvent:
     revision: int
-    kind: str  # "upserted" | "deleted"
+    kind: str  # EventKind.UPSERTED or DELETED
     action: str
     deployment: Deployment
 
@@ -188,7 +162,7 @@ class BenchmarkRun:
     model_id: str
     version: str
     deployment: str = ""
-    status: str = "succeeded"
+    status: str = RunStatus.SUCCEEDED
     error: str = ""
     conditions: dict[str, str] = field(default_factory=dict)
     hardware: str = ""
@@ -215,6 +189,36 @@ class GateResult:
     passed: bool
     observed: float
     run_id: str
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """An alias moved: where it points now and before, the gates checked, the deployments switched."""
+
+    alias: Alias
+    previous_version: str
+    gates: list[GateResult]
+    switched: list[Deployment]
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    """What CleanupVersions removed (or would remove, on a dry run), and what it kept because in use."""
+
+    removed: list[str]
+    kept_in_use: list[str]
+
+
+@dataclass
+class ImportCounts:
+    """Entries an import added, per kind, and those already present unchanged."""
+
+    models: int = 0
+    versions: int = 0
+    aliases: int = 0
+    deployments: int = 0
+    benchmark_runs: int = 0
+    unchanged: int = 0
 
 
 def to_json(value: Any) -> Any:
@@ -262,7 +266,7 @@ def version_from_json(data: dict[str, Any]) -> ModelVersion:
         description=data.get("description", ""),
         created_by=data.get("created_by", ""),
         created_at=_parse_time(data.get("created_at")),
-        status=data.get("status", "ready"),
+        status=data.get("status", VersionStatus.READY),
         aliases=list(data.get("aliases", [])),
     )
 

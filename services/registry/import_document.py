@@ -17,8 +17,8 @@ from typing import Any
 
 from modelyard.common.errors import InvalidArgument
 from modelyard.common.modelspec import InferenceConfig, TensorSpec
+from modelyard.common.states import RunStatus, VersionStatus
 from modelyard.registry.domain import (
-    VERSION_STATUSES,
     Alias,
     BenchmarkRun,
     Deployment,
@@ -327,10 +327,10 @@ def _signature(obj: _Object | None) -> Signature | None:
 
 
 def _version(obj: _Object) -> ModelVersion:
-    status = obj.text("status", "ready")
-    if status not in VERSION_STATUSES:
+    status = obj.text("status", VersionStatus.READY)
+    if status not in tuple(VersionStatus):
         raise InvalidArgument(
-            f"{obj.at('status')}: expected one of {', '.join(VERSION_STATUSES)}, got {_show(status)}"
+            f"{obj.at('status')}: expected one of {', '.join(VersionStatus)}, got {_show(status)}"
         )
     for path, alias in obj.entries("aliases"):  # informative in an export; aliases come from `aliases`
         _text(alias, path)
@@ -394,7 +394,7 @@ def _run(obj: _Object) -> BenchmarkRun:
         model_id=obj.text("model_id"),
         version=obj.text("version"),
         deployment=obj.text("deployment", ""),
-        status=obj.text("status", "succeeded"),
+        status=obj.text("status", RunStatus.SUCCEEDED),
         error=obj.text("error", ""),
         conditions=obj.strings("conditions"),
         hardware=obj.text("hardware", ""),

@@ -36,6 +36,14 @@ from modelyard.registry.domain import (
 )
 
 
+def _returned(row: asyncpg.Record | None, what: str) -> asyncpg.Record:
+    """The row an INSERT/UPDATE ... RETURNING gave back; none means the row is gone (deleted by a
+    concurrent transaction after the caller read it)."""
+    if row is None:
+        raise NotFound(f"{what} no longer exists; re-read it and retry")
+    return row
+
+
 @contextlib.contextmanager
 def _translate(what: str) -> Iterator[None]:
     try:
@@ -71,8 +79,7 @@ async def insert_model(conn: Conn, *, model: Model) -> Model:
             model.tags,
             model.created_by,
         )
-    assert row is not None
-    return _model(row)
+    return _model(_returned(row, f"model {model.model_id!r}"))
 
 
 async def get_model(conn: Conn, *, model_id: str) -> Model | None:
@@ -120,12 +127,14 @@ def _version(row: asyncpg.Record) -> ModelVersion:
     )
 
 
-async def insert_version(conn: Conn, *, version: ModelVersion) -> None:
+async def insert_version(conn: Conn, *, version: ModelVersion) -> ModelVersion:
+    """The stored version (a new version has no aliases yet)."""
     with _translate(f"version {version.model_id} {version.version}"):
-        await conn.execute(
+        row = await conn.fetchrow(
             "INSERT INTO model_versions (model_id, version, source_uri, checkpoint_hash, loader,"
             " inference_config, signature, lineage, tags, description, created_by, created_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, COALESCE($12, now()))",
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, COALESCE($12, now()))"
+            " RETURNING *, '{}'::text[] AS aliases",
             version.model_id,
             version.version,
             version.source_uri,
@@ -139,6 +148,7 @@ async def insert_version(conn: Conn, *, version: ModelVersion) -> None:
             version.created_by,
             version.created_at,  # kept on import, set by the database on registration
         )
+    return _version(_returned(row, f"version {version.model_id} {version.version}"))
 
 
 async def get_version(conn: Conn, *, model_id: str, version: str) -> ModelVersion | None:
@@ -210,22 +220,28 @@ async def version_ids_newest_first(conn: Conn, *, model_id: str) -> list[str]:
 
 async def update_version(
     conn: Conn, *, model_id: str, version: str, tags: dict[str, str], description: str, status: str
-) -> None:
-    await conn.execute(
-        "UPDATE model_versions SET tags = $3, description = $4, status = $5"
-        " WHERE model_id = $1 AND version = $2",
+) -> ModelVersion:
+    row = await conn.fetchrow(
+        "UPDATE model_versions v SET tags = $3, description = $4, status = $5"
+        f" WHERE v.model_id = $1 AND v.version = $2 RETURNING {_VERSION_COLUMNS}",
         model_id,
         version,
         tags,
         description,
         status,
     )
+    return _version(_returned(row, f"version {model_id} {version}"))
 
 
-async def delete_versions(conn: Conn, *, model_id: str, versions: Sequence[str]) -> None:
-    await conn.execute(
-        "DELETE FROM model_versions WHERE model_id = $1 AND version = ANY($2)", model_id, list(versions)
+async def delete_versions(conn: Conn, *, model_id: str, versions: Sequence[str]) -> list[ModelVersion]:
+    """The versions removed, as they were."""
+    rows = await conn.fetch(
+        "DELETE FROM model_versions v WHERE v.model_id = $1 AND v.version = ANY($2)"
+        f" RETURNING {_VERSION_COLUMNS}",
+        model_id,
+        list(versions),
     )
+    return [_version(r) for r in rows]
 
 
 async def versions_in_use(conn: Conn, *, model_id: str) -> dict[str, list[str]]:
@@ -245,19 +261,24 @@ async def versions_in_use(conn: Conn, *, model_id: str) -> dict[str, list[str]]:
 # ---- aliases ------------------------------------------------------------------------------------
 
 
+def _alias(row: asyncpg.Record) -> Alias:
+    return Alias(row["model_id"], row["alias"], row["version"], row["updated_at"])
+
+
 async def get_alias(conn: Conn, *, model_id: str, alias: str) -> Alias | None:
     row = await conn.fetchrow("SELECT * FROM aliases WHERE model_id = $1 AND alias = $2", model_id, alias)
-    return Alias(row["model_id"], row["alias"], row["version"], row["updated_at"]) if row else None
+    return _alias(row) if row else None
 
 
-async def upsert_alias(conn: Conn, *, model_id: str, alias: str, version: str) -> None:
-    await conn.execute(
+async def upsert_alias(conn: Conn, *, model_id: str, alias: str, version: str) -> Alias:
+    row = await conn.fetchrow(
         "INSERT INTO aliases (model_id, alias, version) VALUES ($1, $2, $3)"
-        " ON CONFLICT (model_id, alias) DO UPDATE SET version = $3, updated_at = now()",
+        " ON CONFLICT (model_id, alias) DO UPDATE SET version = $3, updated_at = now() RETURNING *",
         model_id,
         alias,
         version,
     )
+    return _alias(_returned(row, f"alias {model_id}:{alias}"))
 
 
 async def delete_alias(conn: Conn, *, model_id: str, alias: str) -> None:
@@ -268,7 +289,7 @@ async def list_aliases(conn: Conn, *, model_id: str) -> list[Alias]:
     rows = await conn.fetch(
         "SELECT * FROM aliases WHERE ($1 = '' OR model_id = $1) ORDER BY model_id, alias", model_id
     )
-    return [Alias(r["model_id"], r["alias"], r["version"], r["updated_at"]) for r in rows]
+    return [_alias(r) for r in rows]
 
 
 # ---- deployments, revisions and events ----------------------------------------------------------
@@ -276,9 +297,9 @@ async def list_aliases(conn: Conn, *, model_id: str) -> list[Alias]:
 _DEPLOYMENT_COLUMNS = "d.*, m.model_type"
 
 
-async def _deployment(conn: Conn, row: asyncpg.Record) -> Deployment:
+def _deployment(row: asyncpg.Record, versions: dict[str, ModelVersion]) -> Deployment:
+    """A deployment row (with its model's `model_type`) and its routed versions."""
     routes = [Route(r["version"], int(r["weight"])) for r in row["routes"]]
-    versions = await get_versions(conn, model_id=row["model_id"], versions=[r.version for r in routes])
     return Deployment(
         name=row["name"],
         model_id=row["model_id"],
@@ -293,6 +314,28 @@ async def _deployment(conn: Conn, row: asyncpg.Record) -> Deployment:
     )
 
 
+async def _with_versions(conn: Conn, rows: Sequence[asyncpg.Record]) -> list[Deployment]:
+    """Deployments from their rows, the versions of all of them read in one query (not one each)."""
+    if len(rows) == 1:
+        row = rows[0]
+        versions = [r["version"] for r in row["routes"]]
+        return [_deployment(row, await get_versions(conn, model_id=row["model_id"], versions=versions))]
+    model_ids = [row["model_id"] for row in rows for _ in row["routes"]]
+    versions = [r["version"] for row in rows for r in row["routes"]]
+    if not versions:
+        return [_deployment(row, {}) for row in rows]
+    found = await conn.fetch(
+        f"SELECT {_VERSION_COLUMNS} FROM model_versions v"
+        " WHERE (v.model_id, v.version) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+        model_ids,
+        versions,
+    )
+    by_model: dict[str, dict[str, ModelVersion]] = {}
+    for r in found:
+        by_model.setdefault(r["model_id"], {})[r["version"]] = _version(r)
+    return [_deployment(row, by_model.get(row["model_id"], {})) for row in rows]
+
+
 async def get_deployment(conn: Conn, *, name: str, for_update: bool = False) -> Deployment | None:
     lock = " FOR UPDATE OF d" if for_update else ""
     row = await conn.fetchrow(
@@ -300,7 +343,7 @@ async def get_deployment(conn: Conn, *, name: str, for_update: bool = False) -> 
         f" WHERE d.name = $1{lock}",
         name,
     )
-    return await _deployment(conn, row) if row else None
+    return (await _with_versions(conn, [row]))[0] if row else None
 
 
 async def list_deployments(conn: Conn, *, model_id: str = "", follow_alias: str = "") -> list[Deployment]:
@@ -310,12 +353,27 @@ async def list_deployments(conn: Conn, *, model_id: str = "", follow_alias: str 
         model_id,
         follow_alias,
     )
-    return [await _deployment(conn, r) for r in rows]
+    return await _with_versions(conn, rows)
 
 
-async def save_deployment(conn: Conn, *, deployment: Deployment, create: bool) -> None:
-    """Insert a new deployment (`create`) or update an existing one's routes and settings."""
-    args = (
+async def lock_deployments(
+    conn: Conn, *, model_id: str, follow_alias: str, names: Sequence[str]
+) -> list[Deployment]:
+    """Lock the deployments of `model_id` that follow `follow_alias`, and those named, in name order
+    (the rows are sorted before they are locked), and return them as they are once locked."""
+    rows = await conn.fetch(
+        f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments d JOIN models m USING (model_id)"
+        " WHERE (d.model_id = $1 AND d.follow_alias = $2) OR d.name = ANY($3)"
+        " ORDER BY d.name FOR UPDATE OF d",
+        model_id,
+        follow_alias,
+        list(names),
+    )
+    return await _with_versions(conn, rows)
+
+
+def _deployment_args(deployment: Deployment) -> tuple[Any, ...]:
+    return (
         deployment.name,
         deployment.model_id,
         to_json(deployment.routes),
@@ -324,19 +382,35 @@ async def save_deployment(conn: Conn, *, deployment: Deployment, create: bool) -
         deployment.description,
         deployment.revision,
     )
-    if not create:
-        await conn.execute(
-            "UPDATE deployments SET model_id = $2, routes = $3, follow_alias = $4, signature = $5,"
-            " description = $6, revision = $7, updated_at = now() WHERE name = $1",
-            *args,
-        )
-        return
+
+
+# RETURNING gives back what the database set (updated_at) with the model's type.
+_RETURNING_DEPLOYMENT = "RETURNING *, (SELECT model_type FROM models WHERE model_id = $2) AS model_type"
+
+
+async def insert_deployment(
+    conn: Conn, *, deployment: Deployment, versions: dict[str, ModelVersion]
+) -> Deployment:
+    """Store a new deployment; `versions` are its routed versions (read by the caller's checks)."""
     with _translate(f"deployment {deployment.name!r}"):
-        await conn.execute(
+        row = await conn.fetchrow(
             "INSERT INTO deployments (name, model_id, routes, follow_alias, signature, description, revision)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            *args,
+            f" VALUES ($1, $2, $3, $4, $5, $6, $7) {_RETURNING_DEPLOYMENT}",
+            *_deployment_args(deployment),
         )
+    return _deployment(_returned(row, f"deployment {deployment.name!r}"), versions)
+
+
+async def update_deployment(
+    conn: Conn, *, deployment: Deployment, versions: dict[str, ModelVersion]
+) -> Deployment:
+    """Store a deployment's new routes and settings; `versions` are its routed versions."""
+    row = await conn.fetchrow(
+        "UPDATE deployments SET model_id = $2, routes = $3, follow_alias = $4, signature = $5,"
+        f" description = $6, revision = $7, updated_at = now() WHERE name = $1 {_RETURNING_DEPLOYMENT}",
+        *_deployment_args(deployment),
+    )
+    return _deployment(_returned(row, f"deployment {deployment.name!r}"), versions)
 
 
 async def delete_deployment(conn: Conn, *, name: str) -> None:
@@ -481,9 +555,14 @@ async def upsert_worker(conn: Conn, *, status: WorkerStatus) -> None:
     )
 
 
-async def list_workers(conn: Conn, *, live_within: dt.timedelta) -> list[WorkerStatus]:
+async def list_workers(conn: Conn, *, live_within: dt.timedelta, deployment: str = "") -> list[WorkerStatus]:
+    """Every worker, or those whose last report names `deployment`."""
     rows = await conn.fetch(
-        "SELECT *, last_seen > now() - $1::interval AS live FROM workers ORDER BY worker_id", live_within
+        "SELECT *, last_seen > now() - $1::interval AS live FROM workers"
+        " WHERE ($2 = '' OR deployments @> jsonb_build_array(jsonb_build_object('deployment', $2::text)))"
+        " ORDER BY worker_id",
+        live_within,
+        deployment,
     )
     return [
         WorkerStatus(
@@ -515,14 +594,15 @@ def _loaded_version(data: dict[str, Any]) -> LoadedVersion:
 # ---- performance store --------------------------------------------------------------------------
 
 
-async def save_run(conn: Conn, *, run: BenchmarkRun) -> None:
-    """Insert or replace a run and all its metrics (the caller's transaction makes it all-or-nothing)."""
-    await conn.execute(
+async def save_run(conn: Conn, *, run: BenchmarkRun) -> BenchmarkRun:
+    """Insert or replace a run and all its metrics (the caller's transaction makes it all-or-nothing);
+    returns the stored run (a replaced run keeps its first `created_by`)."""
+    row = await conn.fetchrow(
         "INSERT INTO benchmark_runs (run_id, suite, model_id, version, deployment, status, error,"
         " conditions, hardware, started_at, finished_at, created_by)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         " ON CONFLICT (run_id) DO UPDATE SET status = $6, error = $7, conditions = $8, hardware = $9,"
-        " started_at = $10, finished_at = $11, recorded_at = now()",
+        " started_at = $10, finished_at = $11, recorded_at = now() RETURNING *",
         run.run_id,
         run.suite,
         run.model_id,
@@ -541,6 +621,9 @@ async def save_run(conn: Conn, *, run: BenchmarkRun) -> None:
         "INSERT INTO benchmark_metrics (run_id, name, value, unit, samples) VALUES ($1, $2, $3, $4, $5)",
         [(run.run_id, m.name, m.value, m.unit, m.samples) for m in run.metrics],
     )
+    # Metrics as every read lists them: ordered by name in the database's collation.
+    metrics = (await _metrics(conn, [run.run_id], with_samples=True)).get(run.run_id, [])
+    return _run(_returned(row, f"benchmark run {run.run_id!r}"), metrics)
 
 
 def _run(row: asyncpg.Record, metrics: list[Metric]) -> BenchmarkRun:

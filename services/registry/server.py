@@ -49,7 +49,8 @@ class RegistryServer:
 
     @property
     def address(self) -> str:
-        assert self.grpc is not None
+        if self.grpc is None:
+            raise RuntimeError("the registry server has no address before start()")
         return self.grpc.address
 
     @property
@@ -73,6 +74,7 @@ class RegistryServer:
             self.broadcast,
             heartbeat_ttl_s=self.settings.heartbeat_ttl_s,
             lost_worker_window_s=self.settings.lost_worker_window_s,
+            rollout_poll_interval_s=self.settings.rollout_poll_interval_s,
             artifact_roots=ArtifactRoots.parse(self.settings.artifact_roots),
         )
         servicer = RegistryServicer(registry, self.settings.heartbeat_interval_ms)
@@ -88,10 +90,13 @@ class RegistryServer:
         self._rollout_task = asyncio.create_task(self._export_rollouts(registry), name="rollout-gauge")
         if self.embedded is not None:
             self._supervisor = asyncio.create_task(
-                self._supervise_database(self.embedded), name="embedded-postgres-supervisor"
+                self._supervise_database(self.embedded, self.grpc, self.db, self.broadcast),
+                name="embedded-postgres-supervisor",
             )
 
-    async def _supervise_database(self, embedded: EmbeddedPostgres) -> None:
+    async def _supervise_database(
+        self, embedded: EmbeddedPostgres, grpc: GrpcServer, db: Database, broadcast: DeploymentBroadcast
+    ) -> None:
         """Notice that the embedded PostgreSQL died; restart it while health says NOT_SERVING."""
         loop = asyncio.get_running_loop()
         while True:
@@ -101,18 +106,18 @@ class RegistryServer:
             lost_at = time.monotonic()
             DATABASE_UP.labels("embedded").set(0)
             event(log, "registry.database_lost", level=logging.WARNING, data_dir=str(self.settings.data_dir))
-            assert self.grpc is not None
-            await self.grpc.set_serving(False)
-            await self._recover_database(embedded)
-            await self.grpc.set_serving(True)
+            await grpc.set_serving(False)
+            await self._recover_database(embedded, db, broadcast)
+            await grpc.set_serving(True)
             DATABASE_UP.labels("embedded").set(1)
             event(
                 log, "registry.database_ready", pid=embedded.pid, down_s=round(time.monotonic() - lost_at, 3)
             )
 
-    async def _recover_database(self, embedded: EmbeddedPostgres) -> None:
+    async def _recover_database(
+        self, embedded: EmbeddedPostgres, db: Database, broadcast: DeploymentBroadcast
+    ) -> None:
         """Restart the server, then check that the schema, the pool and LISTEN work; retry until they do."""
-        assert self.db is not None and self.broadcast is not None
         loop = asyncio.get_running_loop()
         delay = 0.25
         while True:
@@ -128,18 +133,18 @@ class RegistryServer:
                         seconds=round(time.monotonic() - started, 3),
                     )
                 step = "migrations"
-                await migrate(self.db.url)
+                await migrate(db.url)
                 step = "pool"
                 # Idle pool connections died with the old server: replace them all now rather than
                 # let the first calls after the restart find out one by one.
-                await self.db.pool.expire_connections()
-                async with self.db.connection() as conn:
+                await db.pool.expire_connections()
+                async with db.connection() as conn:
                     await conn.fetchval("SELECT 1")
                 step = "listen"
-                self.broadcast.reconnect_now()
-                if not await self.broadcast.wait_listening(5.0):
+                broadcast.reconnect_now()
+                if not await broadcast.wait_listening(5.0):
                     raise TimeoutError("LISTEN connection not back within 5 s")
-                await self.broadcast.fetch()
+                await broadcast.fetch()
                 return
             except Exception as exc:  # each step may fail while the server comes up: try again
                 event(
@@ -158,7 +163,7 @@ class RegistryServer:
         exported: set[str] = set()
         while True:
             try:
-                statuses = await registry.all_rollouts()
+                statuses = await registry.rollouts.all_rollouts()
             except Exception as exc:  # the database may be away; try again next round
                 event(log, "registry.rollout_gauge_failed", level=logging.WARNING, error=str(exc))
             else:

@@ -1,4 +1,5 @@
-"""gRPC servicer of modelyard.registry.v1.RegistryService: converts messages, calls `Registry`."""
+"""gRPC servicer of modelyard.registry.v1.RegistryService: converts messages, calls the concern
+services of `Registry` (catalog, aliases, deployments, rollouts, ...); nothing else."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ from modelyard.api import registry_pb2 as pb
 from modelyard.api import registry_pb2_grpc
 from modelyard.common.auth import AccessPolicy, Role
 from modelyard.common.interceptors import current_actor
+from modelyard.common.states import (
+    EVENT_KIND_TO_PB,
+    RUN_STATUS_FROM_PB,
+    VERSION_STATUS_FROM_PB,
+    EventKind,
+    VersionStatus,
+)
 from modelyard.registry import converters as cv
 from modelyard.registry.broadcast import WATCHERS
 from modelyard.registry.domain import Deployment, Model
@@ -58,21 +66,23 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             description=request.description,
             tags=dict(request.tags),
         )
-        return cv.model_to_pb(await self.registry.create_model(model, actor=current_actor()))
+        return cv.model_to_pb(await self.registry.catalog.create_model(model, actor=current_actor()))
 
     async def GetModel(self, request: pb.GetModelRequest, context: Ctx) -> pb.Model:
-        return cv.model_to_pb(await self.registry.get_model(request.model_id))
+        return cv.model_to_pb(await self.registry.catalog.get_model(request.model_id))
 
     async def ListModels(self, request: pb.ListModelsRequest, context: Ctx) -> pb.ListModelsResponse:
-        models, token = await self.registry.list_models(
+        page = await self.registry.catalog.list_models(
             model_type=cv.model_type_from_pb(request.model_type),
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        return pb.ListModelsResponse(models=[cv.model_to_pb(m) for m in models], next_page_token=token)
+        return pb.ListModelsResponse(
+            models=[cv.model_to_pb(m) for m in page.items], next_page_token=page.next_page_token
+        )
 
     async def RegisterVersion(self, request: pb.RegisterVersionRequest, context: Ctx) -> pb.ModelVersion:
-        version = await self.registry.register_version(
+        version = await self.registry.catalog.register_version(
             cv.version_from_pb(request.version),
             actor=current_actor(),
             create_model=request.create_model,
@@ -81,44 +91,44 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return cv.version_to_pb(version)
 
     async def GetVersion(self, request: pb.GetVersionRequest, context: Ctx) -> pb.ModelVersion:
-        return cv.version_to_pb(await self.registry.get_version(request.model_id, request.version))
+        return cv.version_to_pb(await self.registry.catalog.get_version(request.model_id, request.version))
 
     async def ListVersions(self, request: pb.ListVersionsRequest, context: Ctx) -> pb.ListVersionsResponse:
-        versions, token = await self.registry.list_versions(
+        page = await self.registry.catalog.list_versions(
             model_id=request.model_id,
             model_type=cv.model_type_from_pb(request.model_type),
             tags=list(request.tags),
-            status=cv.STATUS_FROM_PB.get(request.status, ""),
+            status=VERSION_STATUS_FROM_PB.get(request.status, ""),
             alias=request.alias,
             query=request.query,
             page_size=request.page_size,
             page_token=request.page_token,
         )
         return pb.ListVersionsResponse(
-            versions=[cv.version_to_pb(v) for v in versions], next_page_token=token
+            versions=[cv.version_to_pb(v) for v in page.items], next_page_token=page.next_page_token
         )
 
     async def UpdateVersion(self, request: pb.UpdateVersionRequest, context: Ctx) -> pb.ModelVersion:
-        version = await self.registry.update_version(
+        version = await self.registry.catalog.update_version(
             request.model_id,
             request.version,
             set_tags=dict(request.set_tags),
             remove_tags=list(request.remove_tags),
             description=request.description if request.HasField("description") else None,
-            status=cv.STATUS_FROM_PB.get(request.status, ""),
+            status=VERSION_STATUS_FROM_PB.get(request.status, ""),
             actor=current_actor(),
             reason=request.reason,
         )
         return cv.version_to_pb(version)
 
     async def ArchiveVersion(self, request: pb.ArchiveVersionRequest, context: Ctx) -> pb.ModelVersion:
-        version = await self.registry.update_version(
+        version = await self.registry.catalog.update_version(
             request.model_id,
             request.version,
             set_tags={},
             remove_tags=[],
             description=None,
-            status="archived",
+            status=VersionStatus.ARCHIVED,
             actor=current_actor(),
             reason=request.reason,
         )
@@ -127,7 +137,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def CleanupVersions(
         self, request: pb.CleanupVersionsRequest, context: Ctx
     ) -> pb.CleanupVersionsResponse:
-        removed, kept = await self.registry.cleanup_versions(
+        cleanup = await self.registry.catalog.cleanup_versions(
             request.model_id,
             keep_last=request.keep_last,
             dry_run=request.dry_run,
@@ -135,10 +145,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             actor=current_actor(),
             reason=request.reason,
         )
-        return pb.CleanupVersionsResponse(removed=removed, kept_in_use=kept, dry_run=request.dry_run)
+        return pb.CleanupVersionsResponse(
+            removed=cleanup.removed, kept_in_use=cleanup.kept_in_use, dry_run=request.dry_run
+        )
 
     async def SetAlias(self, request: pb.SetAliasRequest, context: Ctx) -> pb.SetAliasResponse:
-        alias, previous, gates, switched = await self.registry.set_alias(
+        promotion = await self.registry.aliases.set_alias(
             request.model_id,
             request.alias,
             request.version,
@@ -148,27 +160,33 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             actor=current_actor(),
             reason=request.reason,
         )
-        return pb.SetAliasResponse(
-            model_id=alias.model_id,
-            alias=alias.alias,
-            version=alias.version,
-            previous_version=previous,
-            gates=[cv.gate_to_pb(g) for g in gates],
-            switched=[cv.deployment_to_pb(d) for d in switched],
+        return cv.promotion_to_pb(promotion)
+
+    async def PromoteVersion(self, request: pb.PromoteVersionRequest, context: Ctx) -> pb.SetAliasResponse:
+        promotion = await self.registry.aliases.promote(
+            request.deployment,
+            request.version,
+            alias=request.alias,
+            gates=list(request.gates),
+            gate_suite=request.gate_suite,
+            acknowledge_incompatible=request.acknowledge_incompatible,
+            actor=current_actor(),
+            reason=request.reason,
         )
+        return cv.promotion_to_pb(promotion)
 
     async def DeleteAlias(self, request: pb.DeleteAliasRequest, context: Ctx) -> pb.DeleteAliasResponse:
-        await self.registry.delete_alias(
+        await self.registry.aliases.delete_alias(
             request.model_id, request.alias, actor=current_actor(), reason=request.reason
         )
         return pb.DeleteAliasResponse()
 
     async def ListAliases(self, request: pb.ListAliasesRequest, context: Ctx) -> pb.ListAliasesResponse:
-        aliases = await self.registry.list_aliases(request.model_id)
+        aliases = await self.registry.aliases.list_aliases(request.model_id)
         return pb.ListAliasesResponse(aliases=[cv.alias_to_pb(a) for a in aliases])
 
     async def CreateDeployment(self, request: pb.CreateDeploymentRequest, context: Ctx) -> pb.Deployment:
-        deployment = await self.registry.create_deployment(
+        deployment = await self.registry.deployments.create_deployment(
             name=request.name,
             model_id=request.model_id,
             routes=cv.routes_from_pb(list(request.routes)),
@@ -180,16 +198,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return cv.deployment_to_pb(deployment)
 
     async def GetDeployment(self, request: pb.GetDeploymentRequest, context: Ctx) -> pb.Deployment:
-        return cv.deployment_to_pb(await self.registry.get_deployment(request.name))
+        return cv.deployment_to_pb(await self.registry.deployments.get_deployment(request.name))
 
     async def ListDeployments(
         self, request: pb.ListDeploymentsRequest, context: Ctx
     ) -> pb.ListDeploymentsResponse:
-        deployments = await self.registry.list_deployments(request.model_id)
+        deployments = await self.registry.deployments.list_deployments(request.model_id)
         return pb.ListDeploymentsResponse(deployments=[cv.deployment_to_pb(d) for d in deployments])
 
     async def SetRoutes(self, request: pb.SetRoutesRequest, context: Ctx) -> pb.Deployment:
-        deployment = await self.registry.set_routes(
+        deployment = await self.registry.deployments.set_routes(
             request.name,
             cv.routes_from_pb(list(request.routes)),
             acknowledge_incompatible=request.acknowledge_incompatible,
@@ -200,7 +218,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return cv.deployment_to_pb(deployment)
 
     async def RollbackDeployment(self, request: pb.RollbackDeploymentRequest, context: Ctx) -> pb.Deployment:
-        deployment = await self.registry.rollback(
+        deployment = await self.registry.deployments.rollback(
             request.name,
             to_revision=request.to_revision,
             acknowledge_incompatible=request.acknowledge_incompatible,
@@ -212,7 +230,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def DeleteDeployment(
         self, request: pb.DeleteDeploymentRequest, context: Ctx
     ) -> pb.DeleteDeploymentResponse:
-        revision = await self.registry.delete_deployment(
+        revision = await self.registry.deployments.delete_deployment(
             request.name, actor=current_actor(), reason=request.reason
         )
         return pb.DeleteDeploymentResponse(revision=revision)
@@ -220,19 +238,19 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def CheckCompatibility(
         self, request: pb.CheckCompatibilityRequest, context: Ctx
     ) -> pb.CheckCompatibilityResponse:
-        differences = await self.registry.check_compatibility(
+        differences = await self.registry.deployments.check_compatibility(
             request.deployment, request.model_id, request.version
         )
         return pb.CheckCompatibilityResponse(compatible=not differences, differences=differences)
 
     async def StageVersion(self, request: pb.StageVersionRequest, context: Ctx) -> pb.Deployment:
-        deployment = await self.registry.stage_version(
+        deployment = await self.registry.deployments.stage_version(
             request.name, request.version, actor=current_actor(), reason=request.reason
         )
         return cv.deployment_to_pb(deployment)
 
     async def UnstageVersion(self, request: pb.UnstageVersionRequest, context: Ctx) -> pb.Deployment:
-        deployment = await self.registry.unstage_version(
+        deployment = await self.registry.deployments.unstage_version(
             request.name, request.version, actor=current_actor(), reason=request.reason
         )
         return cv.deployment_to_pb(deployment)
@@ -242,10 +260,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> AsyncIterator[pb.WatchDeploymentsResponse]:
         WATCHERS.inc()
         try:
-            async for kind, revision, deployments, action in self.registry.watch(
+            async for kind, revision, deployments, action in self.registry.broadcast.watch(
                 list(request.deployments), request.since_revision
             ):
-                if kind == "snapshot":
+                if kind == EventKind.SNAPSHOT:
                     yield _watch_response(kind, revision, deployments, action)
                     continue
                 # Every watcher of this replica gets the same message for a change: convert it once.
@@ -262,27 +280,29 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListAuditEvents(
         self, request: pb.ListAuditEventsRequest, context: Ctx
     ) -> pb.ListAuditEventsResponse:
-        events, token = await self.registry.list_audit(
+        page = await self.registry.history.list_audit(
             entity_type=request.entity_type,
             entity_id=request.entity_id,
             action=request.action,
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        return pb.ListAuditEventsResponse(events=[cv.audit_to_pb(e) for e in events], next_page_token=token)
+        return pb.ListAuditEventsResponse(
+            events=[cv.audit_to_pb(e) for e in page.items], next_page_token=page.next_page_token
+        )
 
     async def ReportStatus(self, request: pb.ReportStatusRequest, context: Ctx) -> pb.ReportStatusResponse:
-        await self.registry.report_status(cv.worker_from_pb(request.status))
+        await self.registry.rollouts.report_status(cv.worker_from_pb(request.status))
         return pb.ReportStatusResponse(heartbeat_interval_ms=self.heartbeat_interval_ms)
 
     async def ListWorkers(self, request: pb.ListWorkersRequest, context: Ctx) -> pb.ListWorkersResponse:
-        workers = await self.registry.list_workers(
+        workers = await self.registry.rollouts.list_workers(
             deployment=request.deployment, include_stale=request.include_stale
         )
         return pb.ListWorkersResponse(workers=[cv.worker_to_pb(w) for w in workers])
 
     async def GetRolloutStatus(self, request: pb.GetRolloutStatusRequest, context: Ctx) -> pb.RolloutStatus:
-        status = await self.registry.rollout_status(
+        status = await self.registry.rollouts.rollout_status(
             request.deployment, revision=request.revision, wait_timeout_s=request.wait_timeout_ms / 1000
         )
         return cv.rollout_to_pb(status)
@@ -290,49 +310,55 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def RecordBenchmarkRun(
         self, request: pb.RecordBenchmarkRunRequest, context: Ctx
     ) -> pb.BenchmarkRun:
-        run = await self.registry.record_run(cv.run_from_pb(request.run), actor=current_actor())
+        run = await self.registry.performance.record_run(cv.run_from_pb(request.run), actor=current_actor())
         return cv.run_to_pb(run)
 
     async def GetBenchmarkRun(self, request: pb.GetBenchmarkRunRequest, context: Ctx) -> pb.BenchmarkRun:
-        run = await self.registry.get_run(request.run_id, with_samples=not request.without_samples)
+        run = await self.registry.performance.get_run(
+            request.run_id, with_samples=not request.without_samples
+        )
         return cv.run_to_pb(run)
 
     async def ListBenchmarkRuns(
         self, request: pb.ListBenchmarkRunsRequest, context: Ctx
     ) -> pb.ListBenchmarkRunsResponse:
-        runs, token = await self.registry.list_runs(
+        page = await self.registry.performance.list_runs(
             model_id=request.model_id,
             version=request.version,
             suite=request.suite,
-            status=cv.RUN_STATUS_FROM_PB.get(request.status, ""),
+            status=RUN_STATUS_FROM_PB.get(request.status, ""),
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        return pb.ListBenchmarkRunsResponse(runs=[cv.run_to_pb(r) for r in runs], next_page_token=token)
+        return pb.ListBenchmarkRunsResponse(
+            runs=[cv.run_to_pb(r) for r in page.items], next_page_token=page.next_page_token
+        )
 
     async def GetVersionMetrics(
         self, request: pb.GetVersionMetricsRequest, context: Ctx
     ) -> pb.GetVersionMetricsResponse:
-        metrics = await self.registry.version_metrics(request.model_id, request.version, request.suite)
+        metrics = await self.registry.performance.version_metrics(
+            request.model_id, request.version, request.suite
+        )
         return pb.GetVersionMetricsResponse(metrics=[cv.version_metric_to_pb(m) for m in metrics])
 
     async def ExportRegistry(
         self, request: pb.ExportRegistryRequest, context: Ctx
     ) -> pb.ExportRegistryResponse:
-        return pb.ExportRegistryResponse(json=await self.registry.export_json())
+        return pb.ExportRegistryResponse(json=await self.registry.transfer.export_json())
 
     async def ImportRegistry(
         self, request: pb.ImportRegistryRequest, context: Ctx
     ) -> pb.ImportRegistryResponse:
-        counts = await self.registry.import_json(request.json, actor=current_actor())
-        return pb.ImportRegistryResponse(**counts)
+        counts = await self.registry.transfer.import_json(request.json, actor=current_actor())
+        return cv.import_counts_to_pb(counts)
 
 
 def _watch_response(
     kind: str, revision: int, deployments: list[Deployment], action: str
 ) -> pb.WatchDeploymentsResponse:
     return pb.WatchDeploymentsResponse(
-        kind=cv.EVENT_KIND_TO_PB[kind],
+        kind=EVENT_KIND_TO_PB[kind],
         revision=revision,
         deployments=[cv.deployment_to_pb(d) for d in deployments],
         action=action,

@@ -32,6 +32,11 @@ class RegistrySettings(ServerSettings):
         1.0, description="Safety-net poll for deployment changes a missed NOTIFY would hide."
     )
     heartbeat_interval_ms: int = Field(1000, description="How often workers are asked to report.")
+    rollout_poll_interval_s: float = Field(
+        1.0,
+        description="A GetRolloutStatus wait wakes on every heartbeat and deployment change reaching this "
+        "replica, and re-reads the database at least this often for heartbeats sent to other replicas.",
+    )
     heartbeat_ttl_s: float = Field(5.0, description="A worker silent for longer counts as gone.")
     startup_timeout_s: float = Field(60.0, description="How long to wait for the database at start.")
     database_check_interval_s: float = Field(

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from modelyard.common.artifact_roots import ArtifactLocationError, ArtifactRoots
 from modelyard.common.errors import InvalidArgument
-from modelyard.registry.domain import MODEL_TYPES, RUN_STATUSES, BenchmarkRun, Model, ModelVersion, Route
+from modelyard.common.states import RunStatus
+from modelyard.registry.domain import MODEL_TYPES, BenchmarkRun, Model, ModelVersion, Route
 
 # SemVer 2.0.0, as published at semver.org.
 _SEMVER = re.compile(
@@ -100,7 +101,7 @@ def check_run(run: BenchmarkRun) -> BenchmarkRun:
     """What RecordBenchmarkRun and an imported run must satisfy, before any lookup."""
     if not run.run_id or not run.suite:
         raise InvalidArgument("a benchmark run needs run_id and suite")
-    if run.status not in RUN_STATUSES:
+    if run.status not in tuple(RunStatus):
         raise InvalidArgument("run status must be running, succeeded or failed")
     names = [m.name for m in run.metrics]
     if len(names) != len(set(names)):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import shutil
 import statistics
 import time
@@ -20,7 +21,7 @@ from report import machine, write_section
 from support import PostgresInstance, make_postgres_dir, spawn_registry
 
 from modelyard.api import registry_pb2 as pb
-from modelyard.common.channel import open_channel
+from modelyard.client.channel import open_channel
 from modelyard.common.server import freeze_startup_objects
 from modelyard.registry.db import migrate
 
@@ -188,4 +189,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    # The versions registered here point at paths that are never fetched; the replicas must accept them.
+    os.environ.setdefault("MODELYARD_ARTIFACT_ROOTS", "file:///models/")
     asyncio.run(main())

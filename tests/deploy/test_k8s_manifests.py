@@ -86,6 +86,15 @@ def modelyard_deployments(objects: Objects) -> Objects:
     ]
 
 
+def grpc_deployments(objects: Objects) -> Objects:
+    """The gRPC servers (everything but the web console, which speaks HTTP and has no /metrics)."""
+    return [
+        d
+        for d in modelyard_deployments(objects)
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] != "console"
+    ]
+
+
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
@@ -124,7 +133,7 @@ def test_servers_have_native_grpc_probes_metrics_and_a_long_enough_grace(
     objects = rendered[build]
     settings = find(objects, "ConfigMap", "modelyard-settings")["data"]
     server_grace = float(settings["MODELYARD_GRACE_PERIOD_S"])
-    deployments = modelyard_deployments(objects)
+    deployments = grpc_deployments(objects)
     assert len(deployments) == 5  # registry, three workers, benchmark
     for deployment in deployments:
         name = deployment["metadata"]["name"]
@@ -187,6 +196,8 @@ ROLE_SECRETS = {
     "registry": ({"url"}, {"ADMIN_TOKENS", "READER_TOKENS", "WORKER_TOKENS", "BENCHMARK_TOKENS"}, None),
     "worker": (set(), {"ADMIN_TOKENS", "READER_TOKENS", "BENCHMARK_TOKENS"}, "modelyard-worker-token"),
     "benchmark": (set(), {"ADMIN_TOKENS", "READER_TOKENS"}, "modelyard-benchmark-token"),
+    # No token: it forwards the one each user logs in with.
+    "console": (set(), {"ADMIN_TOKENS", "READER_TOKENS"}, None),
 }
 
 
@@ -269,7 +280,7 @@ def test_services_select_their_pods_and_expose_grpc_and_metrics(
     rendered: dict[str, Objects], build: str
 ) -> None:
     objects = rendered[build]
-    for deployment in modelyard_deployments(objects):
+    for deployment in grpc_deployments(objects):
         name = deployment["metadata"]["name"]
         service = find(objects, "Service", name)
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -325,3 +336,27 @@ def test_gpu_overlay_puts_workers_on_gpus_and_nothing_else(rendered: dict[str, O
             assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
             assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
             assert spec["nodeSelector"]
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_console_holds_no_token_and_reaches_the_services_by_name(
+    rendered: dict[str, Objects], build: str
+) -> None:
+    objects = rendered[build]
+    deployment = find(objects, "Deployment", "modelyard-console")
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    env = env_of(container)
+    assert container["args"] == ["console", "serve"]
+    assert "MODELYARD_TOKEN" not in env, "the console forwards each user's token, it holds none"
+    assert env["MODELYARD_CONSOLE_REGISTRY"] == f"modelyard-registry:{GRPC_PORTS['registry']}"
+    assert env["MODELYARD_CONSOLE_BENCHMARK"] == f"modelyard-benchmark:{GRPC_PORTS['benchmark']}"
+    assert env["MODELYARD_CONSOLE_HOST"] == "0.0.0.0"
+    port = int(env["MODELYARD_CONSOLE_PORT"])
+    assert container["ports"] == [{"name": "http", "containerPort": port}]
+    assert container["readinessProbe"]["tcpSocket"] == {"port": "http"}
+    service = find(objects, "Service", "modelyard-console")
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP", "exposed through an ingress, not directly"
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True

@@ -9,6 +9,7 @@ test (test_prometheus_stack.py) cannot provoke without breaking a real model.
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -232,7 +233,7 @@ def expectations_hold(
     ]
     for alert, expr in rule_expressions(RULES).items():
         expected = ALERT_EXPECTATIONS[alert]
-        checks.append((f"alert {alert}", expr, lambda r, expected=expected: expected(stack, r)))
+        checks.append((f"alert {alert}", expr, functools.partial(expected, stack)))
     for where, expr, holds in checks:
         try:
             results[where] = prometheus.query(expr)

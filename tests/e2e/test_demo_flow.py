@@ -75,8 +75,8 @@ class Stack:
         ca = Path(self.state["tls_ca_file"]).read_bytes()
         return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca))
 
-    def call_metadata(self) -> list[tuple[str, str]]:
-        return [("authorization", f"Bearer {self.reader_token}")] if self.production else []
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.reader_token}"),) if self.production else ()
 
     def pids(self) -> list[int]:
         return [
@@ -115,6 +115,8 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
             "--registry-port",
             "0",
             "--benchmark-port",
+            "0",
+            "--console-port",
             "0",
             "--skip-seed",
             DEPLOYMENT,

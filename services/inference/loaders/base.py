@@ -13,8 +13,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modelyard.common.log import event
-from modelyard.inference.domain import ModelSignature, VersionSpec
-from modelyard.inference.errors import BadInput, UnknownLoader
+from modelyard.common.modelspec import Signature
+from modelyard.inference.domain import VersionSpec
+from modelyard.inference.errors import BadInput, UnknownLoader, UnsupportedConfig
 
 log = logging.getLogger("modelyard.inference.loaders")
 
@@ -30,7 +31,7 @@ def resolve_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UnknownLoader(
+        raise UnsupportedConfig(
             f"the version asks for device {requested!r} but this worker has no CUDA device; "
             "set inference_config.device to `auto` or `cpu`"
         )
@@ -110,7 +111,7 @@ class ModelRuntime(ABC):
     def load(self) -> None: ...
 
     @abstractmethod
-    def signature(self) -> ModelSignature: ...
+    def signature(self) -> Signature: ...
 
     @abstractmethod
     def prepare(self, input_name: str, items: list[bytes]) -> list[Any]:
@@ -172,7 +173,7 @@ def apply_precision(module: Any, spec: VersionSpec, device: str) -> Any:
         return module.half()
     if config.quantization == "int8-dynamic":
         if device != "cpu":
-            raise UnknownLoader("int8-dynamic quantization runs on CPU only; set device to `cpu`")
+            raise UnsupportedConfig("int8-dynamic quantization runs on CPU only; set device to `cpu`")
         import warnings
 
         with warnings.catch_warnings():
@@ -181,7 +182,7 @@ def apply_precision(module: Any, spec: VersionSpec, device: str) -> Any:
                 module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
             )
     if config.quantization:
-        raise UnknownLoader(f"unknown quantization {config.quantization!r}; use `` or `int8-dynamic`")
+        raise UnsupportedConfig(f"unknown quantization {config.quantization!r}; use `` or `int8-dynamic`")
     return module
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
-from modelyard.inference.domain import ModelSignature, TensorSpec
+from modelyard.common.modelspec import Signature, TensorSpec
 from modelyard.inference.errors import BadInput
 from modelyard.inference.loaders.base import (
     ModelRuntime,
@@ -71,8 +71,8 @@ class CaptioningRuntime(ModelRuntime):
         if self.spec.config.max_sequence_length > 0:
             self.max_new_tokens = self.spec.config.max_sequence_length
 
-    def signature(self) -> ModelSignature:
-        return ModelSignature(
+    def signature(self) -> Signature:
+        return Signature(
             inputs=(TensorSpec("image", "BYTES", (-1,)),),
             outputs=(TensorSpec("caption", "BYTES", (-1,)),),
         )

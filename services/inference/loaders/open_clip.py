@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from modelyard.inference.domain import ModelSignature, TensorSpec
+from modelyard.common.modelspec import Signature, TensorSpec
 from modelyard.inference.errors import BadInput
 from modelyard.inference.loaders.base import (
     ModelRuntime,
@@ -51,8 +51,8 @@ class OpenClipRuntime(ModelRuntime):
         self.dtype = next(p for p in self.model.parameters() if p.is_floating_point()).dtype
         self.dim = int(getattr(model, "embed_dim", 0) or self.model.text_projection.shape[-1])
 
-    def signature(self) -> ModelSignature:
-        return ModelSignature(
+    def signature(self) -> Signature:
+        return Signature(
             inputs=(TensorSpec("image", "BYTES", (-1,)), TensorSpec("text", "BYTES", (-1,))),
             outputs=(TensorSpec("embedding", "FP32", (-1, self.dim)),),
             embedding_dim=self.dim,

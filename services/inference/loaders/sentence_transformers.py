@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modelyard.common.log import event
-from modelyard.inference.domain import ModelSignature, TensorSpec
+from modelyard.common.modelspec import Signature, TensorSpec
 from modelyard.inference.errors import BadInput
 from modelyard.inference.loaders.base import (
     ModelRuntime,
@@ -142,8 +142,8 @@ class SentenceTransformerRuntime(ModelRuntime):
         event(log, "model.trace_skipped", level=logging.WARNING, model=self.spec.model_id,
               version=self.spec.version, reason=reason)  # fmt: skip
 
-    def signature(self) -> ModelSignature:
-        return ModelSignature(
+    def signature(self) -> Signature:
+        return Signature(
             inputs=(TensorSpec("text", "BYTES", (-1,)),),
             outputs=(TensorSpec("embedding", "FP32", (-1, self.dim)),),
             embedding_dim=self.dim,

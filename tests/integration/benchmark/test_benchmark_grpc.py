@@ -9,11 +9,13 @@ import re
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 import pytest_asyncio
+from benchmark_support import BenchStub
 from grpc import aio
 
 from modelyard.api import benchmark_pb2, benchmark_pb2_grpc, registry_pb2
@@ -37,15 +39,17 @@ def _embed(texts: list[str], dim: int) -> np.ndarray:
 class StandInWorker(oip_grpc.GRPCInferenceServiceServicer):
     """Speaks OIP v2 for one text-embedding deployment; 1.0.0 answers in raw bytes, 2.0.0 in contents."""
 
+    server: aio.Server
+
     def __init__(self) -> None:
         self.calls = 0
 
     async def ModelReady(
         self, request: oip.ModelReadyRequest, context: aio.ServicerContext
-    ) -> oip.ModelReadyResponse:  # type: ignore[override]
+    ) -> oip.ModelReadyResponse:
         return oip.ModelReadyResponse(ready=request.version in VERSIONS)
 
-    async def ModelMetadata(  # type: ignore[override]
+    async def ModelMetadata(
         self, request: oip.ModelMetadataRequest, context: aio.ServicerContext
     ) -> oip.ModelMetadataResponse:
         meta = oip.ModelMetadataResponse.TensorMetadata
@@ -58,7 +62,7 @@ class StandInWorker(oip_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(
         self, request: oip.ModelInferRequest, context: aio.ServicerContext
-    ) -> oip.ModelInferResponse:  # type: ignore[override]
+    ) -> oip.ModelInferResponse:
         self.calls += 1
         texts = [b.decode() for b in request.inputs[0].contents.bytes_contents]
         vectors = _embed(texts, VERSIONS[request.model_version])
@@ -78,12 +82,13 @@ class StandInWorker(oip_grpc.GRPCInferenceServiceServicer):
 class Stack:
     worker: StandInWorker
     worker_address: str
-    bench: benchmark_pb2_grpc.BenchmarkServiceStub
+    bench: BenchStub
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def stack() -> AsyncIterator[Stack]:
-    worker = StandInWorker()
+    # Only the RPCs the benchmark calls: the others answer UNIMPLEMENTED, as the generated base does.
+    worker = StandInWorker()  # type: ignore[abstract]
     worker_server = aio.server()
     oip_grpc.add_GRPCInferenceServiceServicer_to_server(worker, worker_server)
     port = worker_server.add_insecure_port("127.0.0.1:0")
@@ -100,14 +105,14 @@ async def stack() -> AsyncIterator[Stack]:
         await worker_server.stop(None)
 
 
-def _request(stack: Stack, suite: str, *versions: str, **fields: object) -> benchmark_pb2.RunBenchmarkRequest:
+def _request(stack: Stack, suite: str, *versions: str, **fields: Any) -> benchmark_pb2.RunBenchmarkRequest:
     return benchmark_pb2.RunBenchmarkRequest(
         worker=stack.worker_address,
         deployment="text-embedding",
         model_id="bow",
         versions=list(versions),
         suite=suite,
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
 
 

@@ -4,6 +4,7 @@ on the built-in suite, stored in the registry, compared with bootstrap intervals
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -42,7 +43,7 @@ async def test_minilm_fp32_vs_int8_quality_latency_storage_and_gate(
     stack.spawn_worker(DEPLOYMENT)
     await stack.converged(DEPLOYMENT, created.revision)
 
-    base = {"deployment": DEPLOYMENT, "model_id": "minilm", "stage_unrouted": True}
+    base: dict[str, Any] = {"deployment": DEPLOYMENT, "model_id": "minilm", "stage_unrouted": True}
     fp32, int8, untrained = await _runs(
         stack,
         bpb.RunBenchmarkRequest(

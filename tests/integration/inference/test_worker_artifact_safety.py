@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc import aio
+from registry_support import Stub as RegistryStub
 from worker_support import WorkerFactory, registry_version, text_request, wait_model_ready, with_custom_module
 
 from modelyard.api import grpc_predict_v2_pb2_grpc as oip_grpc
@@ -64,7 +65,7 @@ def _static(path: Path, version: str = "1.0.0", **config: bool) -> rpb.Deploymen
     )
 
 
-async def _versions(reg: rpb_grpc.RegistryServiceStub, deployment: str) -> dict[str, rpb.LoadedVersion]:
+async def _versions(reg: RegistryStub, deployment: str) -> dict[str, rpb.LoadedVersion]:
     workers = (await reg.ListWorkers(rpb.ListWorkersRequest(deployment=deployment))).workers
     return {
         v.version: v for w in workers for d in w.deployments if d.deployment == deployment for v in d.versions
@@ -72,7 +73,7 @@ async def _versions(reg: rpb_grpc.RegistryServiceStub, deployment: str) -> dict[
 
 
 async def _wait_state(
-    reg: rpb_grpc.RegistryServiceStub, deployment: str, version: str, state: int, within_s: float = 120
+    reg: RegistryStub, deployment: str, version: str, state: int, within_s: float = 120
 ) -> rpb.LoadedVersion:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
@@ -83,7 +84,7 @@ async def _wait_state(
     raise TimeoutError(f"{deployment}@{version} never reached state {state}")
 
 
-async def _wait_unloaded(reg: rpb_grpc.RegistryServiceStub, deployment: str, version: str) -> None:
+async def _wait_unloaded(reg: RegistryStub, deployment: str, version: str) -> None:
     """Until the worker no longer reports `version` (drained and unloaded)."""
     deadline = time.monotonic() + 60
     while version in await _versions(reg, deployment):

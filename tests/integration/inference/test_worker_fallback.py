@@ -17,6 +17,7 @@ import pytest
 from google.protobuf import json_format
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from registry_support import Stub as RegistryStub
 from support import ServerProcess, spawn_registry
 from worker_support import WorkerFactory, registry_version, text_request, wait_model_ready
 
@@ -51,7 +52,7 @@ async def _create(address: str, source: Path, other: Path) -> int:
         return created.revision
 
 
-async def _converged(reg: rpb_grpc.RegistryServiceStub, revision: int) -> None:
+async def _converged(reg: RegistryStub, revision: int) -> None:
     status = await reg.GetRolloutStatus(
         rpb.GetRolloutStatusRequest(deployment="tiny", revision=revision, wait_timeout_ms=120_000)
     )

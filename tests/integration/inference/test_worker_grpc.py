@@ -14,7 +14,7 @@ import pytest_asyncio
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from worker_support import png, registry_version, text_request
+from worker_support import InferenceStub, png, registry_version, text_request
 
 from modelyard.api import grpc_predict_v2_pb2 as oip
 from modelyard.api import grpc_predict_v2_pb2_grpc as oip_grpc
@@ -76,7 +76,7 @@ async def worker(
 
 async def _health(channel: aio.Channel) -> int:
     stub = health_pb2_grpc.HealthStub(channel)
-    return (await stub.Check(health_pb2.HealthCheckRequest(service=""))).status  # type: ignore[no-any-return]
+    return (await stub.Check(health_pb2.HealthCheckRequest(service=""))).status
 
 
 async def test_health_is_not_serving_until_a_model_is_loaded(
@@ -100,7 +100,7 @@ async def test_health_is_not_serving_until_a_model_is_loaded(
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def stub(worker: InferenceWorker) -> AsyncIterator[oip_grpc.GRPCInferenceServiceStub]:
+async def stub(worker: InferenceWorker) -> AsyncIterator[InferenceStub]:
     options = [("grpc.max_send_message_length", 8 * MAX_MESSAGE)]
     async with aio.insecure_channel(worker.address, options=options) as channel:
         yield oip_grpc.GRPCInferenceServiceStub(channel)
@@ -161,9 +161,7 @@ BAD_REQUESTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
-async def test_bad_input_gets_its_status_and_the_worker_keeps_serving(
-    stub: oip_grpc.GRPCInferenceServiceStub, case: str
-) -> None:
+async def test_bad_input_gets_its_status_and_the_worker_keeps_serving(stub: InferenceStub, case: str) -> None:
     request, code = BAD_REQUESTS[case]
     with pytest.raises(aio.AioRpcError) as caught:
         await stub.ModelInfer(request)
@@ -174,7 +172,7 @@ async def test_bad_input_gets_its_status_and_the_worker_keeps_serving(
 
 
 async def test_clip_serves_images_and_texts_and_captioner_serves_captions_raw(
-    stub: oip_grpc.GRPCInferenceServiceStub,
+    stub: InferenceStub,
 ) -> None:
     image = await stub.ModelInfer(_with_input("clip", "image", "BYTES", [2], [png(), png((1, 2, 3))]))
     text = await stub.ModelInfer(_with_input("clip", "text", "BYTES", [1], [b"a green square"]))
@@ -190,9 +188,7 @@ async def test_clip_serves_images_and_texts_and_captioner_serves_captions_raw(
     assert list(response.outputs[0].shape) == [2] and len(response.raw_output_contents) == 1
 
 
-async def test_metrics_carry_per_version_series(
-    stub: oip_grpc.GRPCInferenceServiceStub, worker: InferenceWorker
-) -> None:
+async def test_metrics_carry_per_version_series(stub: InferenceStub, worker: InferenceWorker) -> None:
     await stub.ModelInfer(text_request("text", ["count me"]))
     assert worker.server.metrics is not None
     port = worker.server.metrics.port

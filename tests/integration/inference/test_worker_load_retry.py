@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from grpc import aio
+from registry_support import Stub as RegistryStub
 from worker_support import WorkerFactory, registry_version, text_request
 
 from modelyard.api import grpc_predict_v2_pb2_grpc as oip_grpc
@@ -30,7 +31,7 @@ def _publish(source: Path, target: Path) -> None:
     staging.rename(target)
 
 
-async def _converged(reg: rpb_grpc.RegistryServiceStub, revision: int) -> None:
+async def _converged(reg: RegistryStub, revision: int) -> None:
     rollout = await reg.GetRolloutStatus(
         rpb.GetRolloutStatusRequest(deployment="tiny", revision=revision, wait_timeout_ms=120_000)
     )

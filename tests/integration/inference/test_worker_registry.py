@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 from grpc import aio
+from registry_support import Stub as RegistryStub
 from support import spawn_registry
 from worker_support import WorkerFactory, registry_version, text_request, wait_model_ready
 
@@ -22,22 +23,20 @@ from modelyard.api import registry_pb2_grpc as rpb_grpc
 pytestmark = pytest.mark.slow
 
 
-async def _register(stub: rpb_grpc.RegistryServiceStub, version: rpb.ModelVersion) -> None:
+async def _register(stub: RegistryStub, version: rpb.ModelVersion) -> None:
     await stub.RegisterVersion(
         rpb.RegisterVersionRequest(version=version, create_model=True, model_type=rpb.TEXT_EMBEDDING)
     )
 
 
-async def _set_routes(stub: rpb_grpc.RegistryServiceStub, name: str, routes: dict[str, int]) -> int:
+async def _set_routes(stub: RegistryStub, name: str, routes: dict[str, int]) -> int:
     deployment = await stub.SetRoutes(
         rpb.SetRoutesRequest(name=name, routes=[rpb.Route(version=v, weight=w) for v, w in routes.items()])
     )
     return deployment.revision
 
 
-async def _converged(
-    stub: rpb_grpc.RegistryServiceStub, name: str, revision: int, timeout_s: float = 60
-) -> None:
+async def _converged(stub: RegistryStub, name: str, revision: int, timeout_s: float = 60) -> None:
     status = await stub.GetRolloutStatus(
         rpb.GetRolloutStatusRequest(deployment=name, revision=revision, wait_timeout_ms=int(timeout_s * 1000))
     )

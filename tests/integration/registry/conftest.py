@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest_asyncio
 from registry_support import Stub
 
-from modelyard.common.channel import open_channel
+from modelyard.client.channel import open_channel
 
 
 @pytest_asyncio.fixture(loop_scope="session")

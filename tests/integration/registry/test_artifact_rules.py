@@ -14,8 +14,8 @@ import pytest_asyncio
 from registry_support import Stub, checkpoint, text_signature
 
 from modelyard.api import registry_pb2 as pb
-from modelyard.common.channel import open_channel
-from modelyard.common.settings import ClientSettings
+from modelyard.client import ClientSettings
+from modelyard.client.channel import open_channel
 from modelyard.registry.server import RegistryServer
 from modelyard.registry.settings import RegistrySettings
 

@@ -10,17 +10,15 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 import pytest_asyncio
-from registry_support import deploy, register
+from registry_support import Stub, deploy, next_event, register
 
 from modelyard.api import registry_pb2 as pb
 from modelyard.api import registry_pb2_grpc
+from modelyard.client import ClientSettings
+from modelyard.client.channel import open_channel
 from modelyard.common.auth import token_verifier
-from modelyard.common.channel import open_channel
-from modelyard.common.settings import ClientSettings
 from modelyard.registry.server import RegistryServer
 from modelyard.registry.settings import RegistrySettings
-
-Stub = registry_pb2_grpc.RegistryServiceStub
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -80,7 +78,7 @@ async def test_tokens(database_url: str) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await anonymous.ListModels(pb.ListModelsRequest())
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            assert "Bearer" in err.value.details()
+            assert "Bearer" in (err.value.details() or "")
 
         async with open_channel(server.address, ClientSettings(token="wrong")) as channel:
             wrong = registry_pb2_grpc.RegistryServiceStub(channel)
@@ -95,7 +93,7 @@ async def test_tokens(database_url: str) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await register(reader, "1.1.0")
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-            assert "admin" in err.value.details()
+            assert "admin" in (err.value.details() or "")
             listed = await reader.ListVersions(pb.ListVersionsRequest(model_id="minilm"))
             assert [v.version for v in listed.versions] == ["1.0.0"], "a refused change writes nothing"
     finally:
@@ -107,7 +105,7 @@ async def test_watch_stream_carries_the_token(secured: RegistryServer, token: st
     """The streaming RPC gets its token like unary ones (it went out without one before)."""
     async with open_channel(secured.address, ClientSettings(token=token)) as channel:
         call = Stub(channel).WatchDeployments(pb.WatchDeploymentsRequest())
-        first = await asyncio.wait_for(call.read(), 10)
+        first = await next_event(call, 10)
         call.cancel()
     assert first.kind == pb.WatchDeploymentsResponse.SNAPSHOT
     assert [d.name for d in first.deployments] == ["text"]

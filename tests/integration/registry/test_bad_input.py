@@ -20,7 +20,7 @@ async def _expect(stub: Stub, call, code: grpc.StatusCode, *words: str) -> None:
         await call
     assert err.value.code() == code, err.value.details()
     for word in words:
-        assert word in err.value.details(), err.value.details()
+        assert word in (err.value.details() or ""), err.value.details()
     assert await _audit_count(stub) == before, "a refused request must not write history"
     assert (await stub.GetDeployment(pb.GetDeploymentRequest(name="text"))).revision == revision
 
@@ -96,7 +96,7 @@ async def test_incompatible_signature_needs_acknowledgment(seeded: Stub) -> None
         seeded.SetRoutes(request),
         grpc.StatusCode.FAILED_PRECONDITION,
         "embedding dimension 768 instead of 384",
-        "re-indexed",
+        "re-embedded",
         "acknowledge_incompatible",
     )
     request.acknowledge_incompatible = True

@@ -8,11 +8,11 @@ import time
 
 import grpc
 import pytest
-from registry_support import Stub, deploy, register, routes_pb
+from registry_support import Stub, deploy, next_event, register, routes_pb
 from support import spawn_registry
 
 from modelyard.api import registry_pb2 as pb
-from modelyard.common.channel import open_channel
+from modelyard.client.channel import open_channel
 
 SNAPSHOT = pb.WatchDeploymentsResponse.SNAPSHOT
 UPSERTED = pb.WatchDeploymentsResponse.UPSERTED
@@ -36,14 +36,14 @@ async def test_change_through_one_replica_reaches_watcher_on_the_other(database_
             await deploy(sa, "text", {"1.0.0": 100})
 
             stream = sb.WatchDeployments(pb.WatchDeploymentsRequest(deployments=["text"]))
-            snapshot = await asyncio.wait_for(stream.read(), 5)
+            snapshot = await next_event(stream, 5)
             assert snapshot.kind == SNAPSHOT
             assert [_routes(d) for d in snapshot.deployments] == [{"1.0.0": 100}]
             last = snapshot.revision
 
             for i in range(1, 6):
                 changed = await sa.SetRoutes(pb.SetRoutesRequest(name="text", routes=routes_pb(_flip(i))))
-                event = await asyncio.wait_for(stream.read(), 1.0)  # the must-show bound
+                event = await next_event(stream, 1.0)  # the must-show bound
                 assert event.kind == UPSERTED and event.revision == changed.revision
                 assert _routes(event.deployments[0]) == _flip(i)
                 assert event.revision == last + 1
@@ -61,7 +61,7 @@ async def test_change_through_one_replica_reaches_watcher_on_the_other(database_
             resumed = sb.WatchDeployments(
                 pb.WatchDeploymentsRequest(deployments=["text"], since_revision=last)
             )
-            got = [await asyncio.wait_for(resumed.read(), 5) for _ in missed]
+            got = [await next_event(resumed, 5) for _ in missed]
             assert [e.revision for e in got] == missed
             assert all(e.kind == UPSERTED for e in got)
             assert [_routes(e.deployments[0]) for e in got] == [_flip(i) for i in range(6, 11)]

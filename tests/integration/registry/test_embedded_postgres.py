@@ -19,12 +19,12 @@ import grpc
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from registry_support import Stub, deploy, register, routes_pb
+from registry_support import Stub, deploy, next_event, register, routes_pb
 from support import ServerProcess, free_port, make_postgres_dir, wait_until
 
 from modelyard.api import registry_pb2 as pb
 from modelyard.cli.stack import Stack, StackLayout
-from modelyard.common.channel import open_channel
+from modelyard.client.channel import open_channel
 
 SERVICE = "modelyard.registry.v1.RegistryService"
 # Detection (checked every second) + restart (0.25-0.35 s measured) + pool and LISTEN back: 1.1-1.8 s
@@ -138,7 +138,7 @@ async def test_killed_postgres_is_restarted_and_the_registry_serves_again(data_d
             created = await deploy(stub, "text", {"1.0.0": 100})
 
             watch = stub.WatchDeployments(pb.WatchDeploymentsRequest(deployments=["text"]))
-            snapshot = await asyncio.wait_for(watch.read(), 10)
+            snapshot = await next_event(watch, 10)
             assert snapshot.revision == created.revision
 
             seen: list[tuple[float, int]] = []
@@ -181,7 +181,7 @@ async def test_killed_postgres_is_restarted_and_the_registry_serves_again(data_d
                 pb.SetRoutesRequest(name="text", routes=routes_pb({"1.0.0": 50, "1.1.0": 50}))
             )
             assert changed.revision == created.revision + 1
-            got = await asyncio.wait_for(watch.read(), 5)
+            got = await next_event(watch, 5)
             assert got.revision == changed.revision
             assert {r.version: r.weight for r in got.deployments[0].routes} == {"1.0.0": 50, "1.1.0": 50}
             listed = await stub.ListVersions(pb.ListVersionsRequest(model_id="minilm"))

@@ -14,9 +14,10 @@ import grpc
 import pytest
 import pytest_asyncio
 from registry_support import Stub, checkpoint, register, routes_pb
+from support import PostgresInstance
 
 from modelyard.api import registry_pb2 as pb
-from modelyard.common.channel import open_channel
+from modelyard.client.channel import open_channel
 from modelyard.registry.server import RegistryServer
 from modelyard.registry.settings import RegistrySettings
 
@@ -272,7 +273,9 @@ async def test_brackets_inside_strings_do_not_count_as_nesting(stub: Stub) -> No
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def second_registry(postgres, migrated_template: str) -> AsyncIterator[tuple[RegistryServer, str]]:  # type: ignore[no-untyped-def]
+async def second_registry(
+    postgres: PostgresInstance, migrated_template: str
+) -> AsyncIterator[tuple[RegistryServer, str]]:
     """Another registry on its own fresh database, accepting messages up to 80 MiB."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(postgres.url())
@@ -301,8 +304,8 @@ def _big_document() -> str:
 
 async def test_a_document_over_64_mib_is_refused(
     stub: Stub,
-    registry,
-    second_registry: tuple[RegistryServer, str],  # type: ignore[no-untyped-def]
+    registry: RegistryServer,
+    second_registry: tuple[RegistryServer, str],
 ) -> None:
     text = _big_document()
     # A registry that accepts the message refuses the document, naming the limit.

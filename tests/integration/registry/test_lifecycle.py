@@ -11,12 +11,14 @@ import pytest
 from registry_support import Stub, deploy, register, routes_pb
 
 from modelyard.api import registry_pb2 as pb
-from modelyard.common.channel import open_channel
+from modelyard.client.channel import open_channel
 from modelyard.registry.server import RegistryServer
 from modelyard.registry.settings import RegistrySettings
 
 
-def _run(run_id: str, version: str, recall: float, status: int = pb.RUN_STATUS_SUCCEEDED) -> pb.BenchmarkRun:
+def _run(
+    run_id: str, version: str, recall: float, status: pb.RunStatus.ValueType = pb.RUN_STATUS_SUCCEEDED
+) -> pb.BenchmarkRun:
     return pb.BenchmarkRun(
         run_id=run_id, suite="builtin", model_id="minilm", version=version, status=status,
         conditions={"concurrency": "4"}, hardware="cpu",
@@ -39,7 +41,7 @@ async def test_promotion_gates_use_stored_metrics_and_switch_followers(stub: Stu
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.SetAlias(gate)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "recall@10 was never measured" in err.value.details()
+    assert "recall@10 was never measured" in (err.value.details() or "")
 
     await stub.RecordBenchmarkRun(pb.RecordBenchmarkRunRequest(run=_run("r1", "1.1.0", 0.75)))
     # A failed run's metrics never count.
@@ -48,7 +50,7 @@ async def test_promotion_gates_use_stored_metrics_and_switch_followers(stub: Stu
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.SetAlias(gate)
-    assert "recall@10 = 0.75 fails `recall@10 >= 0.80`" in err.value.details()
+    assert "recall@10 = 0.75 fails `recall@10 >= 0.80`" in (err.value.details() or "")
     still = await stub.GetVersion(pb.GetVersionRequest(model_id="minilm", version="production"))
     assert still.version == "1.0.0"
 
@@ -96,7 +98,7 @@ async def test_rollout_status_follows_worker_heartbeats(stub: Stub) -> None:
     status = await stub.GetRolloutStatus(pb.GetRolloutStatusRequest(deployment="text"))
     assert not status.converged and not status.workers
 
-    def heartbeat(revision: int, states: dict[str, int]) -> pb.ReportStatusRequest:
+    def heartbeat(revision: int, states: dict[str, pb.VersionState.ValueType]) -> pb.ReportStatusRequest:
         versions = [pb.LoadedVersion(version=v, state=s, last_error="hash mismatch" if s == pb.FAILED else "")
                     for v, s in states.items()]  # fmt: skip
         return pb.ReportStatusRequest(
@@ -160,9 +162,8 @@ async def test_archive_refuses_routed_versions_and_audit_is_append_only(
     await deploy(stub, "text", {"1.0.0": 100})
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ArchiveVersion(pb.ArchiveVersionRequest(model_id="minilm", version="1.0.0"))
-    assert (
-        err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        and "routed by deployment text" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "routed by deployment text" in (
+        err.value.details() or ""
     )
     archived = await stub.ArchiveVersion(
         pb.ArchiveVersionRequest(model_id="minilm", version="1.1.0", reason="old")
@@ -170,7 +171,7 @@ async def test_archive_refuses_routed_versions_and_audit_is_append_only(
     assert archived.status == pb.VERSION_STATUS_ARCHIVED
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.SetRoutes(pb.SetRoutesRequest(name="text", routes=routes_pb({"1.1.0": 100})))
-    assert "archived" in err.value.details()
+    assert "archived" in (err.value.details() or "")
     conn = await asyncpg.connect(database_url)
     try:
         with pytest.raises(asyncpg.RaiseError, match="append-only"):

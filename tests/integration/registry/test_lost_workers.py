@@ -14,7 +14,7 @@ import pytest_asyncio
 from registry_support import Stub, deploy, register
 
 from modelyard.api import registry_pb2 as pb
-from modelyard.common.channel import open_channel
+from modelyard.client.channel import open_channel
 from modelyard.registry.server import RegistryServer
 from modelyard.registry.settings import RegistrySettings
 

@@ -14,8 +14,8 @@ import pytest
 
 from modelyard.api import registry_pb2 as pb
 from modelyard.api import registry_pb2_grpc
-from modelyard.common.channel import open_channel
-from modelyard.common.settings import ClientSettings
+from modelyard.client import ClientSettings
+from modelyard.client.channel import open_channel
 from modelyard.registry.server import RegistryServer
 from modelyard.registry.settings import RegistrySettings
 

@@ -3,6 +3,8 @@ and nothing is written."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 from registry_support import Stub, checkpoint, text_signature
@@ -18,7 +20,9 @@ from modelyard.api import registry_pb2 as pb
         {"lineage": pb.Lineage(git_commit="abc\x00")},
     ],
 )
-async def test_a_nul_character_is_invalid_argument_and_nothing_is_written(stub: Stub, field: dict) -> None:  # type: ignore[type-arg]
+async def test_a_nul_character_is_invalid_argument_and_nothing_is_written(
+    stub: Stub, field: dict[str, Any]
+) -> None:
     version = pb.ModelVersion(
         model_id="nul",
         version="1.0.0",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from modelyard.benchmark.compare import compare_runs
-from modelyard.benchmark.export import export_comparison, export_runs
+from modelyard.benchmark.export import export_comparison
 from modelyard.benchmark.results import MetricResult, RunRecord
 from modelyard.common.errors import InvalidArgument
 
@@ -79,19 +79,6 @@ def test_comparison_markdown_is_a_table_with_intervals() -> None:
     assert all(line.count("|") == 7 for line in rows)
 
 
-def test_runs_export_in_every_format() -> None:
-    runs = _runs()
-    as_json = json.loads(export_runs(runs, "json", include_samples=True))
-    assert [r["run_id"] for r in as_json] == ["r1", "r2"]
-    assert len(as_json[0]["metrics"][0]["samples"]) == 200
-    assert as_json[0]["started_at"] == "2026-01-01T00:00:00+00:00"
-    assert json.loads(export_runs(runs, "json"))[0]["metrics"][0]["samples"] == 200
-    rows = list(csv.DictReader(io.StringIO(export_runs(runs, "csv"))))
-    assert len(rows) == 8 and rows[4]["run_id"] == "r2"
-    markdown = export_runs(runs, "markdown")
-    assert markdown.count("\n| r1 |") == 4
-
-
 def test_unknown_format_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="json, csv, markdown"):
-        export_runs(_runs(), "xml")
+        export_comparison(compare_runs(*_runs()), "xml")

@@ -8,14 +8,13 @@ import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 
 from modelyard.api import benchmark_pb2, registry_pb2
 from modelyard.benchmark import converters
-from modelyard.benchmark.oip import WorkerCallFailed
 from modelyard.benchmark.runner import (
     BenchmarkRunner,
     ProgressEvent,
@@ -26,7 +25,13 @@ from modelyard.benchmark.runner import (
 )
 from modelyard.benchmark.servicer import BenchmarkServicer
 from modelyard.benchmark.store import InMemoryRunStore
-from modelyard.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from modelyard.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 
 from .conftest import WriteDataset
 
@@ -58,10 +63,7 @@ class FakeWorker:
     async def embed_texts(self, version: str, texts: Sequence[str]) -> np.ndarray:
         self.calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:
-            raise WorkerCallFailed(
-                "worker 127.0.0.1:1 unreachable during ModelInfer: connection refused",
-                grpc.StatusCode.UNAVAILABLE,
-            )
+            raise Unavailable("worker 127.0.0.1:1 unreachable during ModelInfer: connection refused")
         await asyncio.sleep(0)
         return bag_of_words(texts, self.dims[version])
 
@@ -98,7 +100,7 @@ def _runner(worker: FakeWorker, stager: FakeStager | None = None) -> tuple[Bench
     return BenchmarkRunner(store, connect, stager=stager, call_named_workers=True), store
 
 
-def _spec(suite: str, *versions: str, **extra: object) -> RunSpec:
+def _spec(suite: str, *versions: str, **extra: Any) -> RunSpec:
     return RunSpec(
         worker="127.0.0.1:1",
         deployment="text-embedding",
@@ -106,7 +108,7 @@ def _spec(suite: str, *versions: str, **extra: object) -> RunSpec:
         versions=versions,
         suite=suite,
         **extra,
-    )  # type: ignore[arg-type]
+    )
 
 
 async def _collect(runner: BenchmarkRunner, spec: RunSpec) -> list[ProgressEvent]:

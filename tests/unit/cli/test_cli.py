@@ -21,10 +21,11 @@ from modelyard.cli.errors import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     UsageError,
-    from_rpc_error,
+    from_client_error,
 )
 from modelyard.cli.main import cli, main
 from modelyard.cli.parsing import parse_key_values, parse_routes, semver
+from modelyard.common.errors import error_for_status
 from modelyard.inference.artifacts import checkpoint_hash
 
 
@@ -64,17 +65,6 @@ def test_semver_is_checked_locally() -> None:
 # ---- errors and exit codes -------------------------------------------------------------------------
 
 
-class _Failure(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-
 @pytest.mark.parametrize(
     ("code", "details", "exit_code", "says"),
     [
@@ -97,10 +87,11 @@ class _Failure(grpc.RpcError):
         (grpc.StatusCode.INTERNAL, "request id 7", EXIT_FAILED, "INTERNAL"),
     ],
 )
-def test_grpc_errors_map_to_one_line_and_exit_code(
+def test_failed_calls_map_to_one_line_and_exit_code(
     code: grpc.StatusCode, details: str, exit_code: int, says: str
 ) -> None:
-    error = from_rpc_error(_Failure(code, details), service="registry", address="h:1", timeout_s=10)
+    failure = error_for_status(code, details, request_id="7")
+    error = from_client_error(failure, service="registry", address="h:1", timeout_s=10)
     assert error.exit_code == exit_code
     assert says in error.message
     assert "\n" not in error.message

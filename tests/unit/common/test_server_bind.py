@@ -6,6 +6,7 @@ import asyncio
 import logging
 import urllib.error
 import urllib.request
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from modelyard.common.server import GrpcServer, is_loopback
 from modelyard.common.settings import ServerSettings
 
 
-def _bind(host: str, **settings: object) -> GrpcServer:
+def _bind(host: str, **settings: Any) -> GrpcServer:
     return GrpcServer(
         ServerSettings(host=host, port=0, metrics_port=None, **settings),
         component="test",

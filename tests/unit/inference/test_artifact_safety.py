@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import grpc
 import pytest
@@ -28,6 +29,9 @@ from modelyard.inference.artifacts import (
 )
 from modelyard.inference.errors import ArtifactRefused, CacheFull, CheckpointMismatch, RemoteCodeRefused
 from modelyard.inference.loaders import create_runtime
+
+if TYPE_CHECKING:
+    from modelyard.inference.loaders.sentence_transformers import SentenceTransformerRuntime
 
 
 def _cache(tmp_path: Path, **options: object) -> ArtifactCache:
@@ -285,8 +289,9 @@ def test_remote_code_runs_when_the_worker_allows_it_and_the_version_asks(
     monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "hf-modules"))
     monkeypatch.setattr(sys, "path", list(sys.path))  # transformers appends its modules cache
     custom = with_custom_module(tiny_st, tmp_path / "custom", tmp_path / "ran.txt")
-    runtime = create_runtime(
-        version_spec(custom, "1", trust_remote_code=True), custom, allow_remote_code=True
+    runtime = cast(
+        "SentenceTransformerRuntime",
+        create_runtime(version_spec(custom, "1", trust_remote_code=True), custom, allow_remote_code=True),
     )
     try:
         runtime.load()

@@ -31,7 +31,7 @@ from modelyard.inference.limits import (
     text_token_limit,
 )
 from modelyard.inference.loaders.base import create_runtime
-from modelyard.inference.routing import DeploymentRoutes, LoadedVersion, RoutingTable
+from modelyard.inference.routing import DeploymentRoutes, LoadedRuntime, RoutingTable
 
 # --- per-item limits -------------------------------------------------------------------------------
 
@@ -269,7 +269,7 @@ async def limited(tiny_st: Path, tiny_clip: Path) -> AsyncIterator[DataPlane]:
         runtime = create_runtime(spec, path)
         runtime.load()
         runtimes.append(runtime)
-        loaded = LoadedVersion(spec, runtime)
+        loaded = LoadedRuntime(spec, runtime)
         table.swap(DeploymentRoutes(deployment, deployment, {"1": loaded}, {"1": 100}))
     infer, decode = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
     plane = DataPlane(

@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 from worker_support import artifact_cache, deployment_spec, version_spec
 
+from modelyard.common.states import VersionState
 from modelyard.inference.dataplane import DataPlane
 from modelyard.inference.deployments import DeploymentApplier
 from modelyard.inference.domain import InferenceRequest, InputTensor
@@ -122,7 +123,7 @@ async def test_a_version_that_fails_to_load_leaves_the_old_one_serving(plane: Pl
     assert (await plane.dataplane.infer(_text("emb", ["x"]))).version == "1"
     status = plane.applier.status["emb"]
     assert status.revision == 1
-    assert status.versions["2"].state == "FAILED"
+    assert status.versions["2"].state == VersionState.FAILED
     assert "sha256" in status.versions["2"].last_error
     assert "emb@2" in plane.applier.last_error
 

@@ -16,7 +16,7 @@ from support import free_port
 from worker_support import artifact_cache, registry_version
 
 from modelyard.api import registry_pb2 as rpb
-from modelyard.common.settings import ClientSettings
+from modelyard.client import ClientSettings
 from modelyard.inference.converters import deployment_from_registry
 from modelyard.inference.deployments import DeploymentApplier
 from modelyard.inference.domain import DeploymentSpec

@@ -5,13 +5,29 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pytest
 from worker_support import png, version_spec
 
-from modelyard.inference.errors import BadInput, UnknownLoader
+from modelyard.inference.domain import VersionSpec
+from modelyard.inference.errors import BadInput, UnknownLoader, UnsupportedConfig
 from modelyard.inference.loaders import create_runtime, loader_names
+from modelyard.inference.loaders.base import Outputs, apply_precision, resolve_device
+
+if TYPE_CHECKING:
+    from modelyard.inference.loaders.sentence_transformers import SentenceTransformerRuntime
+
+
+def _st_runtime(spec: VersionSpec, path: Path) -> SentenceTransformerRuntime:
+    """create_runtime for a sentence-transformers version, typed as that family's runtime."""
+    return cast("SentenceTransformerRuntime", create_runtime(spec, path))
+
+
+def _embedding(outputs: Outputs) -> np.ndarray:
+    """The `embedding` output, an array (only captions come back as lists of bytes)."""
+    return cast(np.ndarray, outputs["embedding"])
 
 
 def test_every_family_is_registered_by_name() -> None:
@@ -20,16 +36,28 @@ def test_every_family_is_registered_by_name() -> None:
         create_runtime(version_spec(Path("/x"), "1", loader="onnx", checkpoint="0" * 64), Path("/x"))
 
 
+def test_a_config_this_worker_cannot_serve_is_unsupported_not_an_unknown_loader(tiny_st: Path) -> None:
+    import torch
+
+    with pytest.raises(UnsupportedConfig, match="unknown quantization 'int4'"):
+        apply_precision(object(), version_spec(tiny_st, "1", quantization="int4"), "cpu")
+    with pytest.raises(UnsupportedConfig, match="CPU only"):
+        apply_precision(object(), version_spec(tiny_st, "1", quantization="int8-dynamic"), "cuda:0")
+    if not torch.cuda.is_available():
+        with pytest.raises(UnsupportedConfig, match="no CUDA device"):
+            resolve_device("cuda")
+
+
 def test_sentence_transformers_matches_the_library_and_quantizes(tiny_st: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
     texts = ["the cat sat on the mat", "hello world", "a quick brown fox jumps over the lazy dog"]
-    runtime = create_runtime(version_spec(tiny_st, "1"), tiny_st)
+    runtime = _st_runtime(version_spec(tiny_st, "1"), tiny_st)
     runtime.load()
     runtime.warmup()
     signature = runtime.signature()
     assert signature.embedding_dim == 32 and signature.outputs[0].shape == (-1, 32)
-    served = runtime.predict("text", runtime.prepare("text", [t.encode() for t in texts]))["embedding"]
+    served = _embedding(runtime.predict("text", runtime.prepare("text", [t.encode() for t in texts])))
     reference = SentenceTransformer(str(tiny_st), device="cpu").encode(texts)
     np.testing.assert_allclose(served, reference, atol=1e-5)
     with pytest.raises(BadInput, match="UTF-8"):
@@ -39,7 +67,7 @@ def test_sentence_transformers_matches_the_library_and_quantizes(tiny_st: Path) 
 
     quantized = create_runtime(version_spec(tiny_st, "1-int8", quantization="int8-dynamic"), tiny_st)
     quantized.load()
-    q = quantized.predict("text", quantized.prepare("text", [t.encode() for t in texts]))["embedding"]
+    q = _embedding(quantized.predict("text", quantized.prepare("text", [t.encode() for t in texts])))
     assert q.shape == reference.shape
     assert not np.allclose(q, reference, atol=1e-6)  # really quantized
     assert np.all(np.sum(q * reference, axis=1) > 0.9)  # still the same model
@@ -63,14 +91,14 @@ def test_sentence_transformers_serves_a_verified_trace_equal_to_encode(
 
     traces: list[int] = []
     for path in (tiny_st, tiny_st_other):  # same architecture, other weights: the trace is reused
-        runtime = create_runtime(version_spec(path, "1", quantization=quantization), path)
+        runtime = _st_runtime(version_spec(path, "1", quantization=quantization), path)
         runtime.load()
         assert runtime.traced is None  # served through encode until optimized
         runtime.optimize()
         assert runtime.traced is not None
         traces.append(len(st_loader._TEMPLATES))
         for texts in SHAPES:
-            served = runtime.predict("text", texts)["embedding"]
+            served = _embedding(runtime.predict("text", texts))
             assert served.dtype == np.float32 and served.shape == (len(texts), 32)
             # encode on the same (for int8: the same quantized) weights
             np.testing.assert_allclose(served, runtime._encode(texts), atol=1e-5)
@@ -94,12 +122,12 @@ def test_a_model_with_a_default_prompt_is_served_through_encode(tiny_st: Path, t
     config.update(prompts={"query": "query: ", "document": ""}, default_prompt_name="query")
     config_file.write_text(json.dumps(config))
 
-    runtime = create_runtime(version_spec(prompted, "1"), prompted)
+    runtime = _st_runtime(version_spec(prompted, "1"), prompted)
     runtime.load()
     runtime.optimize()
     assert runtime.traced is None  # a trace would leave the prompt out
     texts = SHAPES[1]
-    served = runtime.predict("text", texts)["embedding"]
+    served = _embedding(runtime.predict("text", texts))
     np.testing.assert_allclose(
         served, SentenceTransformer(str(prompted), device="cpu").encode(texts), atol=1e-5
     )
@@ -115,7 +143,7 @@ def test_open_clip_embeds_images_and_texts_in_one_space(tiny_clip: Path) -> None
     assert {s.name for s in runtime.signature().inputs} == {"image", "text"}
     images = runtime.predict("image", runtime.prepare("image", [png((255, 0, 0)), png((0, 0, 255))]))
     texts = runtime.predict("text", runtime.prepare("text", [b"a red square"]))
-    assert images["embedding"].shape == (2, 16) and texts["embedding"].shape == (1, 16)
+    assert _embedding(images).shape == (2, 16) and _embedding(texts).shape == (1, 16)
     np.testing.assert_allclose(np.linalg.norm(images["embedding"], axis=1), 1.0, atol=1e-5)
     assert not np.allclose(images["embedding"][0], images["embedding"][1])
     with pytest.raises(BadInput, match="not a decodable image"):
@@ -126,9 +154,9 @@ def test_open_clip_embeds_images_and_texts_in_one_space(tiny_clip: Path) -> None
         version_spec(tiny_clip, "2", loader="open-clip", quantization="int8-dynamic"), tiny_clip
     )
     quantized.load()
-    q = quantized.predict("image", quantized.prepare("image", [png((255, 0, 0)), png((0, 0, 255))]))[
-        "embedding"
-    ]
+    q = _embedding(
+        quantized.predict("image", quantized.prepare("image", [png((255, 0, 0)), png((0, 0, 255))]))
+    )
     assert q.shape == (2, 16) and not np.allclose(q, images["embedding"], atol=1e-6)
     quantized.unload()
 
@@ -162,10 +190,10 @@ def test_a_model_that_cannot_be_traced_is_served_through_encode(
 
     monkeypatch.setattr(st_loader, "_TEMPLATES", {})  # no trace to reuse: it must trace afresh
     monkeypatch.setattr(torch.jit, "trace", refuse)
-    runtime = create_runtime(version_spec(tiny_st, "1"), tiny_st)
+    runtime = _st_runtime(version_spec(tiny_st, "1"), tiny_st)
     runtime.load()
     runtime.optimize()  # does not raise: the version serves anyway
     assert runtime.traced is None
     texts = SHAPES[1]
-    np.testing.assert_allclose(runtime.predict("text", texts)["embedding"], runtime._encode(texts), atol=1e-6)
+    np.testing.assert_allclose(_embedding(runtime.predict("text", texts)), runtime._encode(texts), atol=1e-6)
     runtime.unload()

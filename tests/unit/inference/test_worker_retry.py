@@ -17,6 +17,7 @@ import pytest_asyncio
 from worker_support import artifact_cache, deployment_spec, version_spec
 
 from modelyard.common.errors import PermissionDenied
+from modelyard.common.states import VersionState
 from modelyard.inference.artifacts import checkpoint_hash
 from modelyard.inference.deployments import DeploymentApplier
 from modelyard.inference.errors import (
@@ -27,6 +28,7 @@ from modelyard.inference.errors import (
     CheckpointMismatch,
     RemoteCodeRefused,
     UnknownLoader,
+    UnsupportedConfig,
 )
 from modelyard.inference.load_retry import RetryPolicy, is_transient
 from modelyard.inference.routing import RoutingTable
@@ -51,6 +53,7 @@ class OutOfMemoryError(RuntimeError):
         (ArtifactRefused("outside the artifact roots"), True, False),
         (RemoteCodeRefused("asks for trust_remote_code"), False, False),
         (UnknownLoader("names loader 'nope'"), False, False),
+        (UnsupportedConfig("unknown quantization 'int4'"), False, False),
         (BadInput("bad vocabulary"), False, False),
         (PermissionDenied("remote code not allowed"), False, False),
         (OSError("model dir does not appear to have a file named config.json"), False, False),
@@ -119,7 +122,9 @@ async def test_a_version_whose_artifact_appears_later_is_retried_until_it_serves
     applier.submit(deployment_spec("emb", routes, [v1, v2], revision=2))
 
     await _until(
-        lambda: _attempts(applier, "2") >= 3 and applier.status["emb"].versions["2"].state == "FAILED"
+        lambda: (
+            _attempts(applier, "2") >= 3 and applier.status["emb"].versions["2"].state == VersionState.FAILED
+        )
     )
     failed = applier.status["emb"].versions["2"]
     assert "does not exist" in failed.last_error
@@ -131,7 +136,7 @@ async def test_a_version_whose_artifact_appears_later_is_retried_until_it_serves
     routes_now = applier.table.get("emb")
     assert routes_now.revision == 2 and dict(routes_now.weights) == routes  # converged on its own
     served = applier.status["emb"].versions["2"]
-    assert served.state == "SERVING" and served.attempts >= 4 and served.next_attempt_at is None
+    assert served.state == VersionState.SERVING and served.attempts >= 4 and served.next_attempt_at is None
 
 
 async def test_a_permanent_failure_is_not_retried(applier: DeploymentApplier, tiny_st: Path) -> None:
@@ -143,7 +148,7 @@ async def test_a_permanent_failure_is_not_retried(applier: DeploymentApplier, ti
     await asyncio.wait_for(applier.settled("emb"), 60)
     await asyncio.sleep(0.5)  # ten times the first backoff
     failed = applier.status["emb"].versions["2"]
-    assert failed.state == "FAILED" and "sha256" in failed.last_error
+    assert failed.state == VersionState.FAILED and "sha256" in failed.last_error
     assert failed.attempts == 1 and failed.next_attempt_at is None
 
 

@@ -10,12 +10,12 @@ import pytest
 
 from modelyard.inference.domain import VersionSpec
 from modelyard.inference.errors import ModelNotFound, NotReady
-from modelyard.inference.routing import DeploymentRoutes, LoadedVersion, RoutingTable
+from modelyard.inference.routing import DeploymentRoutes, LoadedRuntime, RoutingTable
 
 
-def _loaded(version: str) -> LoadedVersion:
+def _loaded(version: str) -> LoadedRuntime:
     spec = VersionSpec("m", version, str(Path("/nowhere")), "0" * 64, "sentence-transformers")
-    return LoadedVersion(spec, runtime=None)
+    return LoadedRuntime(spec, runtime=None)
 
 
 def _routes(weights: dict[str, int], revision: int = 1) -> DeploymentRoutes:

@@ -1,0 +1,111 @@
+"""The overview's data and its live updates: deployments, routes and every worker's state, read
+from the registry (ListDeployments, ListWorkers, GetRolloutStatus) and pushed to the browser over
+Server-Sent Events whenever WatchDeployments reports a change or a worker's heartbeat moves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+from starlette.responses import Response, StreamingResponse
+
+from modelyard.api import registry_pb2 as pb
+from modelyard.client import ModelyardError, RegistryClient
+from modelyard.console.present import DeploymentView, deployment_view
+from modelyard.console.web import Page
+
+# A comment line this often keeps proxies and idle timeouts from closing a quiet stream.
+KEEPALIVE_S = 15.0
+# Browsers reconnect an EventSource after this long when the stream ends.
+RECONNECT_MS = 2000
+WATCH_RETRY_S = 1.0
+
+
+async def read_deployments(registry: RegistryClient, only: str = "") -> list[DeploymentView]:
+    """Every deployment (or just `only`) with its rollout and workers, in one round of calls."""
+    if only:
+        deployments = [await registry.get_deployment(pb.GetDeploymentRequest(name=only))]
+    else:
+        deployments = list((await registry.list_deployments(pb.ListDeploymentsRequest())).deployments)
+    workers_call = registry.list_workers(pb.ListWorkersRequest(deployment=only))
+    rollout_calls = [
+        registry.get_rollout_status(pb.GetRolloutStatusRequest(deployment=d.name)) for d in deployments
+    ]
+    workers, *rollouts = await asyncio.gather(workers_call, *rollout_calls)
+    assert isinstance(workers, pb.ListWorkersResponse)
+    return [
+        deployment_view(d, r, list(workers.workers))  # type: ignore[arg-type]
+        for d, r in zip(deployments, rollouts, strict=True)
+    ]
+
+
+def sse(kind: str, data: str) -> str:
+    """One Server-Sent Event; every line of `data` gets its own `data:` field."""
+    lines = data.splitlines() or [""]
+    return f"event: {kind}\n" + "".join(f"data: {line}\n" for line in lines) + "\n"
+
+
+async def live_events(current: Page, template: str, only: str = "") -> Response:
+    """The stream behind a live page: `live` events carry the region's new HTML (only when it
+    changed), `banner` events the outage message ('' once the registry answers again)."""
+    console = current.console
+    interval = console.settings.live_interval_s
+    changed = asyncio.Event()
+
+    async def watch() -> None:
+        # Route changes arrive here at once; heartbeats do not, so the loop below also re-reads
+        # worker state every `interval`.
+        since = 0
+        while True:
+            try:
+                registry = await current.registry()
+                request = pb.WatchDeploymentsRequest(deployments=[only] if only else [], since_revision=since)
+                async for message in registry.watch_deployments(request):
+                    since = max(since, message.revision)
+                    changed.set()
+            except ModelyardError:
+                pass
+            changed.set()
+            await asyncio.sleep(WATCH_RETRY_S)
+
+    async def stream() -> AsyncIterator[str]:
+        watcher = asyncio.create_task(watch(), name="console-watch")
+        last_html: str | None = None
+        last_banner: str | None = None
+        last_sent = time.monotonic()
+        try:
+            yield f"retry: {RECONNECT_MS}\n\n"
+            while not console.stopping():
+                html, banner = None, ""
+                try:
+                    views = await read_deployments(await current.registry(), only)
+                    html = current.fragment(template, deployments=views)
+                except ModelyardError as error:
+                    problem = console.backends.explain(error, service="registry")
+                    banner = problem.message
+                    if problem.outage:
+                        await console.backends.forget(current.token)
+                if banner != last_banner:
+                    yield sse("banner", banner)
+                    last_banner, last_sent = banner, time.monotonic()
+                if html is not None and html != last_html:
+                    yield sse("live", html)
+                    last_html, last_sent = html, time.monotonic()
+                if time.monotonic() - last_sent > KEEPALIVE_S:
+                    yield ": keepalive\n\n"
+                    last_sent = time.monotonic()
+                changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), interval if not banner else WATCH_RETRY_S)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

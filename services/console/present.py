@@ -1,0 +1,255 @@
+"""Registry messages as the pages show them: plain values for the templates (protobuf stops here)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from modelyard.api import registry_pb2 as pb
+
+_STATES = {
+    pb.LOADING: "loading",
+    pb.SERVING: "serving",
+    pb.DRAINING: "draining",
+    pb.FAILED: "failed",
+}
+_MODEL_TYPES = {
+    pb.TEXT_EMBEDDING: "text embedding",
+    pb.IMAGE_EMBEDDING: "image embedding",
+    pb.CAPTIONING: "captioning",
+}
+
+
+def when(stamp: object) -> str:
+    """A Timestamp as UTC to the second, '' when unset."""
+    if not isinstance(stamp, Timestamp) or not (stamp.seconds or stamp.nanos):
+        return ""
+    moment = dt.datetime.fromtimestamp(stamp.seconds, dt.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def model_type(value: pb.ModelType.ValueType) -> str:
+    return _MODEL_TYPES.get(value, "")
+
+
+@dataclass(frozen=True)
+class RouteView:
+    version: str
+    weight: int
+
+    @property
+    def staged(self) -> bool:
+        return self.weight == 0
+
+
+@dataclass(frozen=True)
+class LoadedView:
+    version: str
+    state: str
+    device: str
+    last_error: str
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """One worker as it serves one deployment."""
+
+    worker_id: str
+    address: str
+    state: str
+    live: bool
+    lost: bool
+    fallback: bool
+    last_error: str
+    last_seen: str
+    revision: int  # the deployment revision this worker applied
+    converged: bool
+    detail: str
+    versions: list[LoadedView]
+
+    @property
+    def serving(self) -> list[str]:
+        return [v.version for v in self.versions if v.state == "serving"]
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    name: str
+    model_id: str
+    model_type: str
+    description: str
+    routes: list[RouteView]
+    follow_alias: str
+    revision: int
+    updated_at: str
+    embedding_dim: int
+    converged: bool
+    workers: list[WorkerView] = field(default_factory=list)
+
+    @property
+    def active(self) -> list[RouteView]:
+        return [r for r in self.routes if r.weight > 0]
+
+    @property
+    def routes_text(self) -> str:
+        return ", ".join(f"{r.version}={r.weight}" for r in self.routes) or "no routes"
+
+
+def deployment_view(
+    deployment: pb.Deployment, rollout: pb.RolloutStatus | None, workers: list[pb.WorkerStatus]
+) -> DeploymentView:
+    rollouts = {w.worker_id: w for w in rollout.workers} if rollout is not None else {}
+    views: list[WorkerView] = []
+    seen: set[str] = set()
+    for worker in sorted(workers, key=lambda w: w.worker_id):
+        status = next((d for d in worker.deployments if d.deployment == deployment.name), None)
+        if status is None:
+            continue
+        seen.add(worker.worker_id)
+        progress = rollouts.get(worker.worker_id)
+        views.append(
+            WorkerView(
+                worker_id=worker.worker_id,
+                address=worker.address,
+                state=worker.state or "unknown",
+                live=worker.live,
+                lost=bool(progress and progress.lost),
+                fallback=worker.fallback,
+                last_error=worker.last_error
+                or next((v.last_error for v in status.versions if v.last_error), ""),
+                last_seen=when(worker.last_seen),
+                revision=status.revision,
+                converged=bool(progress and progress.converged),
+                detail=progress.detail if progress else "",
+                versions=[
+                    LoadedView(v.version, _STATES.get(v.state, "unknown"), v.device, v.last_error)
+                    for v in status.versions
+                ],
+            )
+        )
+    # Workers the rollout still waits for but that no longer heartbeat (lost ones).
+    for worker_id, progress in sorted(rollouts.items()):
+        if worker_id in seen:
+            continue
+        views.append(
+            WorkerView(
+                worker_id=worker_id,
+                address="",
+                state="lost" if progress.lost else "unknown",
+                live=False,
+                lost=progress.lost,
+                fallback=False,
+                last_error="",
+                last_seen=when(progress.last_seen),
+                revision=progress.revision,
+                converged=progress.converged,
+                detail=progress.detail,
+                versions=[],
+            )
+        )
+    return DeploymentView(
+        name=deployment.name,
+        model_id=deployment.model_id,
+        model_type=model_type(deployment.model_type),
+        description=deployment.description,
+        routes=[RouteView(r.version, r.weight) for r in deployment.routes],
+        follow_alias=deployment.follow_alias,
+        revision=deployment.revision,
+        updated_at=when(deployment.updated_at),
+        embedding_dim=deployment.signature.embedding_dim,
+        converged=bool(rollout and rollout.converged),
+        workers=views,
+    )
+
+
+@dataclass(frozen=True)
+class VersionCard:
+    model_id: str
+    version: str
+    loader: str
+    precision: str
+    checkpoint: str  # short hash
+    checkpoint_hash: str
+    inputs: str
+    outputs: str
+    embedding_dim: int
+    aliases: list[str]
+    tags: list[tuple[str, str]]
+    description: str
+    created_by: str
+    created_at: str
+    archived: bool
+    parent_version: str
+
+
+def _tensors(specs: list[pb.TensorSpec]) -> str:
+    return ", ".join(f"{s.name} {s.datatype}[{','.join(str(d) for d in s.shape)}]" for s in specs)
+
+
+def precision(config: pb.InferenceConfig) -> str:
+    """What the weights compute in: the dtype, or the quantization when there is one."""
+    if config.quantization:
+        return config.quantization
+    return config.dtype or "float32"
+
+
+def version_card(version: pb.ModelVersion) -> VersionCard:
+    return VersionCard(
+        model_id=version.model_id,
+        version=version.version,
+        loader=version.loader,
+        precision=precision(version.inference_config),
+        checkpoint=version.checkpoint_hash[:12],
+        checkpoint_hash=version.checkpoint_hash,
+        inputs=_tensors(list(version.signature.inputs)),
+        outputs=_tensors(list(version.signature.outputs)),
+        embedding_dim=version.signature.embedding_dim,
+        aliases=sorted(version.aliases),
+        tags=sorted(version.tags.items()),
+        description=version.description,
+        created_by=version.created_by,
+        created_at=when(version.created_at),
+        archived=version.status == pb.VERSION_STATUS_ARCHIVED,
+        parent_version=version.lineage.parent_version,
+    )
+
+
+@dataclass(frozen=True)
+class AuditView:
+    id: int
+    at: str
+    actor: str
+    action: str
+    entity_type: str
+    entity_id: str
+    revision: int
+    reason: str
+    before: str
+    after: str
+
+
+def _pretty(document: str) -> str:
+    if not document:
+        return ""
+    try:
+        return json.dumps(json.loads(document), indent=2, sort_keys=True)
+    except ValueError:
+        return document
+
+
+def audit_view(audit: pb.AuditEvent) -> AuditView:
+    return AuditView(
+        id=audit.id,
+        at=when(audit.at),
+        actor=audit.actor,
+        action=audit.action,
+        entity_type=audit.entity_type,
+        entity_id=audit.entity_id,
+        revision=audit.revision,
+        reason=audit.reason,
+        before=_pretty(audit.before_json),
+        after=_pretty(audit.after_json),
+    )
