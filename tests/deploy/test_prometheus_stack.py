@@ -170,7 +170,10 @@ def test_dashboard_and_alerts_on_the_real_stack(
             ]))  # fmt: skip
             failures = check(prometheus, broken_expectations())
             assert not failures, "\n".join(f"{where}: {why}" for where, why in failures.items())
-        assert load.sent > 100 and not load.failed, f"{len(load.failed)} of {load.sent} requests failed"
+        # The panels' expectations above already need traffic in every phase; this checks the load
+        # ran throughout and never failed. How many it sent depends on the machine's load (88 in a
+        # CI run on a busy machine), so the floor is low.
+        assert load.sent > 20 and not load.failed, f"{len(load.failed)} of {load.sent} requests failed"
     finally:
         prometheus.stop()
         channel.close()
