@@ -1645,6 +1645,7 @@ class WorkerStatus(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     LIVE_FIELD_NUMBER: _builtins.int
     FALLBACK_FIELD_NUMBER: _builtins.int
+    COUNTERS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     address: _builtins.str
     state: _builtins.str
@@ -1659,6 +1660,12 @@ class WorkerStatus(_message.Message):
     def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeploymentStatus]: ...
     @_builtins.property
     def last_seen(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def counters(self) -> Global___LiveCounters:
+        """Cumulative request counters per version served, for GetLiveMetrics; sent with every heartbeat.
+        Not returned by ListWorkers.
+        """
+
     def __init__(
         self,
         *,
@@ -1670,14 +1677,129 @@ class WorkerStatus(_message.Message):
         last_seen: _timestamp_pb2.Timestamp | None = ...,
         live: _builtins.bool = ...,
         fallback: _builtins.bool = ...,
+        counters: Global___LiveCounters | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["counters", b"counters", "last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "deployments", b"deployments", "fallback", b"fallback", "last_error", b"last_error", "last_seen", b"last_seen", "live", b"live", "state", b"state", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "counters", b"counters", "deployments", b"deployments", "fallback", b"fallback", "last_error", b"last_error", "last_seen", b"last_seen", "live", b"live", "state", b"state", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkerStatus: _TypeAlias = WorkerStatus  # noqa: Y015
+
+@_typing.final
+class LiveCounters(_message.Message):
+    """What one worker process counted since it started: a restart starts every counter at 0 again and
+    shows as a new started_at, so the registry never reads it as a negative rate.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    UPTIME_S_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    uptime_s: _builtins.float
+    """Seconds since started_at on the worker's monotonic clock when the snapshot was taken: rates are
+    differences of counters over differences of uptime, free of network delay and clock skew.
+    """
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When this worker process began counting (its counter epoch)."""
+
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionCounters]: ...
+    def __init__(
+        self,
+        *,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        uptime_s: _builtins.float = ...,
+        versions: _abc.Iterable[Global___VersionCounters] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at", "uptime_s", b"uptime_s", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiveCounters: _TypeAlias = LiveCounters  # noqa: Y015
+
+@_typing.final
+class VersionCounters(_message.Message):
+    """Cumulative counters of one deployment version on one worker."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ErrorsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SINCE_S_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    LATENCY_BUCKETS_FIELD_NUMBER: _builtins.int
+    LATENCY_SUM_S_FIELD_NUMBER: _builtins.int
+    deployment: _builtins.str
+    version: _builtins.str
+    since_s: _builtins.float
+    """Uptime (LiveCounters.uptime_s) at which this series began: counts before it are 0. A version
+    unloaded and later loaded again starts a new series with a new since_s.
+    """
+    requests: _builtins.int
+    """Requests that reached the version, whatever their outcome."""
+    items: _builtins.int
+    """Elements (tensor rows) of the requests that succeeded."""
+    latency_sum_s: _builtins.float
+    """Sum of the successful requests' durations, seconds."""
+    @_builtins.property
+    def errors(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Failed requests by gRPC status code name: INVALID_ARGUMENT, RESOURCE_EXHAUSTED, CANCELLED, ..."""
+
+    @_builtins.property
+    def latency_buckets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Successful requests per latency bucket, not cumulative: entry i counts durations in
+        (bound[i-1], bound[i]], the last entry those above the largest bound. The bounds are fixed:
+        modelyard.common.latency.LATENCY_BUCKETS_S, the buckets of the worker's Prometheus histogram
+        modelyard_request_duration_seconds; GetLiveMetrics returns them.
+        """
+
+    def __init__(
+        self,
+        *,
+        deployment: _builtins.str = ...,
+        version: _builtins.str = ...,
+        since_s: _builtins.float = ...,
+        requests: _builtins.int = ...,
+        items: _builtins.int = ...,
+        errors: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        latency_buckets: _abc.Iterable[_builtins.int] | None = ...,
+        latency_sum_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "errors", b"errors", "items", b"items", "latency_buckets", b"latency_buckets", "latency_sum_s", b"latency_sum_s", "requests", b"requests", "since_s", b"since_s", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionCounters: _TypeAlias = VersionCounters  # noqa: Y015
 
 @_typing.final
 class ReportStatusRequest(_message.Message):
@@ -1787,6 +1909,223 @@ class GetRolloutStatusRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRolloutStatusRequest: _TypeAlias = GetRolloutStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetLiveMetricsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    WINDOW_S_FIELD_NUMBER: _builtins.int
+    deployment: _builtins.str
+    """Empty = every deployment."""
+    window_s: _builtins.float
+    """Length of the window, seconds; 0 = 60 s. At most the registry's live_window_s."""
+    def __init__(
+        self,
+        *,
+        deployment: _builtins.str = ...,
+        window_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "window_s", b"window_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLiveMetricsRequest: _TypeAlias = GetLiveMetricsRequest  # noqa: Y015
+
+@_typing.final
+class LiveFigures(_message.Message):
+    """Figures over a window, from the difference of a worker's newest counters and its oldest snapshot
+    inside the window (or zero where the worker or the series started inside it).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ErrorsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REQUESTS_PER_S_FIELD_NUMBER: _builtins.int
+    ITEMS_PER_S_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    P50_MS_FIELD_NUMBER: _builtins.int
+    P95_MS_FIELD_NUMBER: _builtins.int
+    P99_MS_FIELD_NUMBER: _builtins.int
+    MEAN_MS_FIELD_NUMBER: _builtins.int
+    LATENCY_BUCKETS_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    WINDOW_S_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    requests_per_s: _builtins.float
+    items_per_s: _builtins.float
+    error_rate: _builtins.float
+    """Failed requests / requests in the window; 0 without requests."""
+    requests: _builtins.int
+    """Requests and items in the window."""
+    items: _builtins.int
+    p50_ms: _builtins.float
+    """Latency of the successful requests, ms, interpolated linearly inside a bucket (as Prometheus'
+    histogram_quantile); 0 without a successful request.
+    """
+    p95_ms: _builtins.float
+    p99_ms: _builtins.float
+    mean_ms: _builtins.float
+    samples: _builtins.int
+    """Heartbeat snapshots inside the window the figures rest on."""
+    window_s: _builtins.float
+    """Seconds the figures actually cover (a worker: between its two snapshots; a version: its
+    longest worker window) and where that window lies (registry receive times).
+    """
+    @_builtins.property
+    def errors(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Failed requests in the window by gRPC status code name."""
+
+    @_builtins.property
+    def latency_buckets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Successful requests per bucket in the window (bounds in LiveMetrics.latency_bounds_s)."""
+
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        requests_per_s: _builtins.float = ...,
+        items_per_s: _builtins.float = ...,
+        error_rate: _builtins.float = ...,
+        requests: _builtins.int = ...,
+        items: _builtins.int = ...,
+        errors: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        p50_ms: _builtins.float = ...,
+        p95_ms: _builtins.float = ...,
+        p99_ms: _builtins.float = ...,
+        mean_ms: _builtins.float = ...,
+        latency_buckets: _abc.Iterable[_builtins.int] | None = ...,
+        samples: _builtins.int = ...,
+        window_s: _builtins.float = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_rate", b"error_rate", "errors", b"errors", "items", b"items", "items_per_s", b"items_per_s", "latency_buckets", b"latency_buckets", "mean_ms", b"mean_ms", "p50_ms", b"p50_ms", "p95_ms", b"p95_ms", "p99_ms", b"p99_ms", "requests", b"requests", "requests_per_s", b"requests_per_s", "samples", b"samples", "window_end", b"window_end", "window_s", b"window_s", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiveFigures: _TypeAlias = LiveFigures  # noqa: Y015
+
+@_typing.final
+class WorkerLiveFigures(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    FIGURES_FIELD_NUMBER: _builtins.int
+    worker_id: _builtins.str
+    @_builtins.property
+    def figures(self) -> Global___LiveFigures: ...
+    def __init__(
+        self,
+        *,
+        worker_id: _builtins.str = ...,
+        figures: Global___LiveFigures | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["figures", b"figures"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["figures", b"figures", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerLiveFigures: _TypeAlias = WorkerLiveFigures  # noqa: Y015
+
+@_typing.final
+class VersionLiveFigures(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
+    deployment: _builtins.str
+    version: _builtins.str
+    @_builtins.property
+    def total(self) -> Global___LiveFigures:
+        """Every live worker's figures summed: rates add, percentiles come from the summed buckets."""
+
+    @_builtins.property
+    def workers(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerLiveFigures]: ...
+    def __init__(
+        self,
+        *,
+        deployment: _builtins.str = ...,
+        version: _builtins.str = ...,
+        total: Global___LiveFigures | None = ...,
+        workers: _abc.Iterable[Global___WorkerLiveFigures] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "total", b"total", "version", b"version", "workers", b"workers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionLiveFigures: _TypeAlias = VersionLiveFigures  # noqa: Y015
+
+@_typing.final
+class LiveMetrics(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    WINDOW_S_FIELD_NUMBER: _builtins.int
+    LATENCY_BOUNDS_S_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    window_s: _builtins.float
+    """The window asked for, seconds."""
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionLiveFigures]:
+        """One entry per deployment version some live worker counts, by deployment then version."""
+
+    @_builtins.property
+    def latency_bounds_s(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Upper bounds of the latency buckets, seconds (the last bucket is above the largest)."""
+
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___VersionLiveFigures] | None = ...,
+        window_s: _builtins.float = ...,
+        latency_bounds_s: _abc.Iterable[_builtins.float] | None = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "latency_bounds_s", b"latency_bounds_s", "versions", b"versions", "window_s", b"window_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiveMetrics: _TypeAlias = LiveMetrics  # noqa: Y015
 
 @_typing.final
 class WorkerRollout(_message.Message):

@@ -169,6 +169,11 @@ class RegistryServiceStub:
                 request_serializer=modelyard_dot_api_dot_registry__pb2.GetRolloutStatusRequest.SerializeToString,
                 response_deserializer=modelyard_dot_api_dot_registry__pb2.RolloutStatus.FromString,
                 _registered_method=True)
+        self.GetLiveMetrics = channel.unary_unary(
+                '/modelyard.registry.v1.RegistryService/GetLiveMetrics',
+                request_serializer=modelyard_dot_api_dot_registry__pb2.GetLiveMetricsRequest.SerializeToString,
+                response_deserializer=modelyard_dot_api_dot_registry__pb2.LiveMetrics.FromString,
+                _registered_method=True)
         self.RecordBenchmarkRun = channel.unary_unary(
                 '/modelyard.registry.v1.RegistryService/RecordBenchmarkRun',
                 request_serializer=modelyard_dot_api_dot_registry__pb2.RecordBenchmarkRunRequest.SerializeToString,
@@ -377,6 +382,14 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLiveMetrics(self, request, context):
+        """Live figures per deployment version and worker over a recent window, from the cumulative
+        counters workers send with their heartbeats (requests/s, errors by code, latency percentiles).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RecordBenchmarkRun(self, request, context):
         """Performance store.
         """
@@ -552,6 +565,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.GetRolloutStatus,
                     request_deserializer=modelyard_dot_api_dot_registry__pb2.GetRolloutStatusRequest.FromString,
                     response_serializer=modelyard_dot_api_dot_registry__pb2.RolloutStatus.SerializeToString,
+            ),
+            'GetLiveMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLiveMetrics,
+                    request_deserializer=modelyard_dot_api_dot_registry__pb2.GetLiveMetricsRequest.FromString,
+                    response_serializer=modelyard_dot_api_dot_registry__pb2.LiveMetrics.SerializeToString,
             ),
             'RecordBenchmarkRun': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordBenchmarkRun,
@@ -1313,6 +1331,33 @@ class RegistryService:
             '/modelyard.registry.v1.RegistryService/GetRolloutStatus',
             modelyard_dot_api_dot_registry__pb2.GetRolloutStatusRequest.SerializeToString,
             modelyard_dot_api_dot_registry__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLiveMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelyard.registry.v1.RegistryService/GetLiveMetrics',
+            modelyard_dot_api_dot_registry__pb2.GetLiveMetricsRequest.SerializeToString,
+            modelyard_dot_api_dot_registry__pb2.LiveMetrics.FromString,
             options,
             channel_credentials,
             insecure,

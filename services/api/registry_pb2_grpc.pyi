@@ -73,6 +73,10 @@ class RegistryServiceStub:
     """Workers and rollout."""
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListWorkersRequest, _registry_pb2.ListWorkersResponse]
     GetRolloutStatus: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetRolloutStatusRequest, _registry_pb2.RolloutStatus]
+    GetLiveMetrics: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetLiveMetricsRequest, _registry_pb2.LiveMetrics]
+    """Live figures per deployment version and worker over a recent window, from the cumulative
+    counters workers send with their heartbeats (requests/s, errors by code, latency percentiles).
+    """
     RecordBenchmarkRun: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RecordBenchmarkRunRequest, _registry_pb2.BenchmarkRun]
     """Performance store."""
     GetBenchmarkRun: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetBenchmarkRunRequest, _registry_pb2.BenchmarkRun]
@@ -125,6 +129,10 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """Workers and rollout."""
     ListWorkers: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListWorkersRequest, _registry_pb2.ListWorkersResponse]  # type: ignore[assignment]
     GetRolloutStatus: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetRolloutStatusRequest, _registry_pb2.RolloutStatus]  # type: ignore[assignment]
+    GetLiveMetrics: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetLiveMetricsRequest, _registry_pb2.LiveMetrics]  # type: ignore[assignment]
+    """Live figures per deployment version and worker over a recent window, from the cumulative
+    counters workers send with their heartbeats (requests/s, errors by code, latency percentiles).
+    """
     RecordBenchmarkRun: _aio.UnaryUnaryMultiCallable[_registry_pb2.RecordBenchmarkRunRequest, _registry_pb2.BenchmarkRun]  # type: ignore[assignment]
     """Performance store."""
     GetBenchmarkRun: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetBenchmarkRunRequest, _registry_pb2.BenchmarkRun]  # type: ignore[assignment]
@@ -336,6 +344,16 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.GetRolloutStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.RolloutStatus, _abc.Awaitable[_registry_pb2.RolloutStatus]]: ...
+
+    @_abc_1.abstractmethod
+    def GetLiveMetrics(
+        self,
+        request: _registry_pb2.GetLiveMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.LiveMetrics, _abc.Awaitable[_registry_pb2.LiveMetrics]]:
+        """Live figures per deployment version and worker over a recent window, from the cumulative
+        counters workers send with their heartbeats (requests/s, errors by code, latency percentiles).
+        """
 
     @_abc_1.abstractmethod
     def RecordBenchmarkRun(

@@ -25,6 +25,7 @@ from modelyard.cli.output import (
 )
 from modelyard.cli.parsing import parse_routes
 from modelyard.cli.progress import spinner
+from modelyard.common.errors import Unimplemented
 
 if TYPE_CHECKING:
     from modelyard.client import RegistryClient
@@ -380,15 +381,23 @@ def check_cmd(name: str, version: str, model_id: str) -> None:
 
 @deployments.command("status")
 @click.argument("name")
+@click.option(
+    "--window",
+    "window_s",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Seconds of live figures; default: the registry's (60 s, at most what it keeps).",
+)
 @_wait_option
 @json_option
-def status_cmd(name: str, wait: bool, wait_timeout: float) -> None:
-    """Routes, rollout state and every worker serving NAME (with --wait: until converged)."""
+def status_cmd(name: str, window_s: float, wait: bool, wait_timeout: float) -> None:
+    """Routes, rollout state, every worker serving NAME, and each version's live figures over the
+    last --window seconds: requests/s, errors, p50/p95/p99 (with --wait: until converged)."""
     ctx = get_context()
 
     async def call(
         registry: RegistryClient,
-    ) -> tuple[rpb.Deployment, rpb.RolloutStatus, list[rpb.WorkerStatus]]:
+    ) -> tuple[rpb.Deployment, rpb.RolloutStatus, list[rpb.WorkerStatus], rpb.LiveMetrics | None]:
         d = await registry.get_deployment(rpb.GetDeploymentRequest(name=name))
         wait_s = wait_timeout if wait else 0.0
         rollout = await wait_for_rollout(registry, name, d.revision, wait_s, ctx.timeout_s)
@@ -396,12 +405,18 @@ def status_cmd(name: str, wait: bool, wait_timeout: float) -> None:
         # Live workers, and the silent ones the rollout counts as lost; not every worker ever seen.
         lost = {w.worker_id for w in rollout.workers if w.lost}
         workers = [w for w in listed.workers if w.live or w.worker_id in lost]
-        return d, rollout, workers
+        try:
+            live: rpb.LiveMetrics | None = await registry.get_live_metrics(
+                rpb.GetLiveMetricsRequest(deployment=name, window_s=window_s)
+            )
+        except Unimplemented:  # a registry from before live figures: the rest still stands
+            live = None
+        return d, rollout, workers, live
 
     with spinner(ctx, f"reading {name}"):
-        d, rollout, workers = ctx.registry_call(call)
+        d, rollout, workers, live = ctx.registry_call(call)
     if ctx.json:
-        ctx.emit_json({"deployment": d, "rollout": rollout, "workers": workers})
+        ctx.emit_json({"deployment": d, "rollout": rollout, "workers": workers, "live": live})
     else:
         key_values(
             ctx,
@@ -433,8 +448,51 @@ def status_cmd(name: str, wait: bool, wait_timeout: float) -> None:
                 )
             )
         table(ctx, ["worker", "address", "state", "revision", "converged", "versions", "last seen"], rows)
+        _print_live(ctx, d, live)
     if wait and not rollout.converged:
         raise CliError(f"{name}: {rollout_text(rollout)} after {wait_timeout:g} s", EXIT_FAILED)
+
+
+def _print_live(ctx: CliContext, d: rpb.Deployment, live: rpb.LiveMetrics | None) -> None:
+    """One row per version (all its workers summed), then one per worker when several serve it."""
+    if live is None:
+        ctx.say("live        this registry does not serve live figures (GetLiveMetrics)")
+        return
+    if not live.versions:
+        ctx.say(f"live        no live worker counted requests in the last {live.window_s:g} s")
+        return
+    weights = {r.version: r.weight for r in d.routes}
+    rows = []
+    for v in live.versions:
+        rows.append((v.version, weights.get(v.version, "-"), "all", *_figures_cells(v.total)))
+        if len(v.workers) > 1:
+            rows.extend(("", "", w.worker_id, *_figures_cells(w.figures)) for w in v.workers)
+    columns = ["version", "weight", "worker", "req/s", "items/s", "errors", "p50 ms", "p95 ms", "p99 ms"]
+    table(
+        ctx,
+        [*columns, "requests", "window"],
+        rows,
+        title=f"live figures, last {live.window_s:g} s (from worker heartbeats)",
+        right=["weight", "req/s", "items/s", "p50 ms", "p95 ms", "p99 ms", "requests", "window"],
+    )
+
+
+def _figures_cells(f: rpb.LiveFigures) -> tuple[str, ...]:
+    """`0.5% (INVALID_ARGUMENT 3)`: the error rate, then the failed requests by status code."""
+    errors = f"{f.error_rate:.1%}" + (
+        " (" + ", ".join(f"{code} {n}" for code, n in sorted(f.errors.items())) + ")" if f.errors else ""
+    )
+    latency = (
+        (f"{f.p50_ms:.1f}", f"{f.p95_ms:.1f}", f"{f.p99_ms:.1f}") if sum(f.latency_buckets) else ("-",) * 3
+    )
+    return (
+        f"{f.requests_per_s:.1f}",
+        f"{f.items_per_s:.1f}",
+        errors,
+        *latency,
+        str(f.requests),
+        f"{f.window_s:.0f} s",
+    )
 
 
 def _loaded_version_text(v: rpb.LoadedVersion) -> str:

@@ -176,6 +176,18 @@ def registry_group() -> None:
     help="How often a GetRolloutStatus wait re-reads heartbeats other replicas received.",
 )
 @click.option(
+    "--live-window-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="How far back GetLiveMetrics may look (each worker's counter snapshots are kept this long).",
+)
+@click.option(
+    "--live-sample-interval-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Spacing of the kept counter snapshots (a window's start is found to within this).",
+)
+@click.option(
     "--startup-timeout-s", type=float, default=None, help="How long to wait for the database at start."
 )
 @click.option(

@@ -47,6 +47,7 @@ class _RegistryRpcs:
     get_rollout_status = Unary(
         "GetRolloutStatus", pb.GetRolloutStatusRequest, pb.RolloutStatus, idempotent=True
     )
+    get_live_metrics = Unary("GetLiveMetrics", pb.GetLiveMetricsRequest, pb.LiveMetrics, idempotent=True)
     record_benchmark_run = Unary("RecordBenchmarkRun", pb.RecordBenchmarkRunRequest, pb.BenchmarkRun)
     get_benchmark_run = Unary("GetBenchmarkRun", pb.GetBenchmarkRunRequest, pb.BenchmarkRun, idempotent=True)
     list_benchmark_runs = Unary(

@@ -1,6 +1,7 @@
-"""The overview's data and its live updates: deployments, routes and every worker's state, read
-from the registry (ListDeployments, ListWorkers, GetRolloutStatus) and pushed to the browser over
-Server-Sent Events whenever WatchDeployments reports a change or a worker's heartbeat moves."""
+"""The overview's data and its live updates: deployments, routes, every worker's state and each
+version's live figures, read from the registry (ListDeployments, ListWorkers, GetRolloutStatus,
+GetLiveMetrics) and pushed to the browser over Server-Sent Events whenever WatchDeployments reports
+a change or a worker's heartbeat moves."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from starlette.responses import Response, StreamingResponse
 
 from modelyard.api import registry_pb2 as pb
 from modelyard.client import ModelyardError, RegistryClient
+from modelyard.common.errors import Unimplemented
 from modelyard.console.present import DeploymentView, deployment_view
 from modelyard.console.web import Page
 
@@ -33,12 +35,22 @@ async def read_deployments(registry: RegistryClient, only: str = "") -> list[Dep
     rollout_calls = [
         registry.get_rollout_status(pb.GetRolloutStatusRequest(deployment=d.name)) for d in deployments
     ]
-    workers, *rollouts = await asyncio.gather(workers_call, *rollout_calls)
+    workers, live, *rollouts = await asyncio.gather(
+        workers_call, _live_metrics(registry, only), *rollout_calls
+    )
     assert isinstance(workers, pb.ListWorkersResponse)
     return [
-        deployment_view(d, r, list(workers.workers))  # type: ignore[arg-type]
+        deployment_view(d, r, list(workers.workers), live)  # type: ignore[arg-type]
         for d, r in zip(deployments, rollouts, strict=True)
     ]
+
+
+async def _live_metrics(registry: RegistryClient, only: str) -> pb.LiveMetrics | None:
+    """Every version's figures over the registry's default window (one call for all deployments)."""
+    try:
+        return await registry.get_live_metrics(pb.GetLiveMetricsRequest(deployment=only))
+    except Unimplemented:  # a registry from before live figures: the page shows the rest
+        return None
 
 
 def sse(kind: str, data: str) -> str:

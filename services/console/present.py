@@ -76,6 +76,73 @@ class WorkerView:
 
 
 @dataclass(frozen=True)
+class FiguresView:
+    """Live figures of one version (all its workers, or one), as the registry computed them."""
+
+    requests_per_s: float
+    items_per_s: float
+    error_rate: float
+    errors: list[tuple[str, int]]
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    has_latency: bool
+    requests: int
+    window_s: float
+
+
+@dataclass(frozen=True)
+class LiveWorkerView:
+    worker_id: str
+    figures: FiguresView
+
+
+@dataclass(frozen=True)
+class LiveVersionView:
+    version: str
+    weight: int | None  # None: no longer routed (draining, or just removed)
+    total: FiguresView
+    workers: list[LiveWorkerView]
+
+    @property
+    def rows(self) -> list[tuple[str, FiguresView]]:
+        """The version's total ("all"), then each worker's figures when more than one serves it."""
+        rows = [("all", self.total)]
+        if len(self.workers) > 1:
+            rows += [(w.worker_id, w.figures) for w in self.workers]
+        return rows
+
+
+def figures_view(f: pb.LiveFigures) -> FiguresView:
+    return FiguresView(
+        requests_per_s=f.requests_per_s,
+        items_per_s=f.items_per_s,
+        error_rate=f.error_rate,
+        errors=sorted(f.errors.items()),
+        p50_ms=f.p50_ms,
+        p95_ms=f.p95_ms,
+        p99_ms=f.p99_ms,
+        has_latency=sum(f.latency_buckets) > 0,
+        requests=f.requests,
+        window_s=f.window_s,
+    )
+
+
+def live_versions(deployment: pb.Deployment, live: pb.LiveMetrics) -> list[LiveVersionView]:
+    weights = {r.version: r.weight for r in deployment.routes}
+    return [
+        LiveVersionView(
+            version=v.version,
+            weight=weights.get(v.version),
+            total=figures_view(v.total),
+            workers=[LiveWorkerView(w.worker_id, figures_view(w.figures)) for w in v.workers],
+        )
+        for v in live.versions
+        if v.deployment == deployment.name
+    ]
+
+
+@dataclass(frozen=True)
 class DeploymentView:
     name: str
     model_id: str
@@ -88,6 +155,9 @@ class DeploymentView:
     embedding_dim: int
     converged: bool
     workers: list[WorkerView] = field(default_factory=list)
+    # None when the registry serves no live figures (one from before GetLiveMetrics).
+    live: list[LiveVersionView] | None = None
+    live_window_s: float = 0.0
 
     @property
     def active(self) -> list[RouteView]:
@@ -99,7 +169,10 @@ class DeploymentView:
 
 
 def deployment_view(
-    deployment: pb.Deployment, rollout: pb.RolloutStatus | None, workers: list[pb.WorkerStatus]
+    deployment: pb.Deployment,
+    rollout: pb.RolloutStatus | None,
+    workers: list[pb.WorkerStatus],
+    live: pb.LiveMetrics | None = None,
 ) -> DeploymentView:
     rollouts = {w.worker_id: w for w in rollout.workers} if rollout is not None else {}
     views: list[WorkerView] = []
@@ -162,6 +235,8 @@ def deployment_view(
         embedding_dim=deployment.signature.embedding_dim,
         converged=bool(rollout and rollout.converged),
         workers=views,
+        live=live_versions(deployment, live) if live is not None else None,
+        live_window_s=live.window_s if live is not None else 0.0,
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from modelyard.common.errors import ModelyardError
 from modelyard.common.modelspec import TensorSpec
 from modelyard.inference import metrics
 from modelyard.inference.batching import DynamicBatcher
@@ -24,6 +25,7 @@ from modelyard.inference.domain import (
 )
 from modelyard.inference.errors import BadInput, NotReady, WorkerAtCapacity
 from modelyard.inference.limits import Admission, ItemLimits, TextLimit, check_images, text_token_limit
+from modelyard.inference.live_counters import LiveCounters
 from modelyard.inference.routing import LoadedRuntime, RoutingTable
 
 # Below this many input bytes, cheap decoding (UTF-8) costs less than a hop to the executor.
@@ -43,7 +45,8 @@ class DataPlane:
     """Serves requests from the routing table. Forward passes run in `executor`, up to `instances`
     at once per version, a lone request in `solo_executor` when given (see `batching`); input
     decoding runs in `decode_executor` (default: `executor`). Requests are bounded by `limits` and
-    admitted by `admission` (see `limits`); call `routes_changed()` whenever the table changes."""
+    admitted by `admission` (see `limits`); call `routes_changed()` whenever the table changes.
+    Every request that reaches a version is counted in `counters` (what heartbeats carry)."""
 
     def __init__(
         self,
@@ -55,8 +58,10 @@ class DataPlane:
         decode_executor: Executor | None = None,
         limits: ItemLimits | None = None,
         admission: Admission | None = None,
+        counters: LiveCounters | None = None,
     ) -> None:
         self.table = table
+        self.counters = counters or LiveCounters()
         self._executor = executor
         self._instances = instances
         self._solo_executor = solo_executor
@@ -106,22 +111,34 @@ class DataPlane:
         started = time.perf_counter()
         async with self.table.acquire(request.deployment, request.version) as loaded:
             labels = (request.deployment, loaded.spec.model_id, loaded.version)
-            outcome = "error"
+            outcome, code = "error", "INTERNAL"
             try:
                 response = await self._infer_on(loaded, request, labels, caller)
                 outcome = "success"
                 return response
             except BadInput:
-                outcome = "invalid"
+                outcome, code = "invalid", BadInput.code.name
                 raise
             except WorkerAtCapacity:
-                outcome = "refused"
+                outcome, code = "refused", WorkerAtCapacity.code.name
                 raise
             except asyncio.CancelledError:
-                outcome = "cancelled"
+                # The caller went away (often its deadline): evidence of a slow version too.
+                outcome, code = "cancelled", "CANCELLED"
+                raise
+            except ModelyardError as error:
+                code = error.code.name
                 raise
             finally:
-                metrics.REQUEST_DURATION.labels(*labels, outcome).observe(time.perf_counter() - started)
+                seconds = time.perf_counter() - started
+                metrics.REQUEST_DURATION.labels(*labels, outcome).observe(seconds)
+                # Looked up now, not before the work: a heartbeat may have dropped the series of a
+                # version that left the status meanwhile, and this count must not go with it.
+                series = self.counters.series(request.deployment, loaded.version)
+                if outcome == "success":
+                    series.succeeded(seconds, request.inputs[0].shape[0])
+                else:
+                    series.failed(code)
 
     async def _infer_on(
         self, loaded: LoadedRuntime, request: InferenceRequest, labels: tuple[str, str, str], caller: str

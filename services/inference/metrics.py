@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+from modelyard.common.latency import LATENCY_BUCKETS_S
+
 VERSION_LABELS = ["deployment", "model", "version"]
 
 REQUEST_DURATION = Histogram(
     "modelyard_request_duration_seconds",
     "ModelInfer duration inside the worker, per served version and outcome.",
     [*VERSION_LABELS, "outcome"],
-    buckets=_LATENCY_BUCKETS,
+    buckets=LATENCY_BUCKETS_S,
 )
 QUEUE_DURATION = Histogram(
     "modelyard_queue_duration_seconds",
     "Time a request waited in its version's batch queue before its forward pass started.",
     VERSION_LABELS,
-    buckets=_LATENCY_BUCKETS,
+    buckets=LATENCY_BUCKETS_S,
 )
 BATCH_SIZE = Histogram(
     "modelyard_batch_size",

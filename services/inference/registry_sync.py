@@ -10,6 +10,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from modelyard.api import registry_pb2 as rpb
@@ -20,6 +21,7 @@ from modelyard.inference import metrics
 from modelyard.inference.converters import deployment_from_registry
 from modelyard.inference.deployments import DeploymentApplier
 from modelyard.inference.domain import DeploymentSpec
+from modelyard.inference.live_counters import CountersSnapshot, LiveCounters
 
 log = logging.getLogger("modelyard.inference.registry")
 
@@ -31,6 +33,7 @@ class RegistrySync:
     If no snapshot arrived `fallback_after_s` after start, or the first attempt failed sooner, they
     are applied from the verified cache and `fallback` is true until the registry's first snapshot
     has been applied. `on_state` is called whenever `following` or `fallback` may have changed.
+    Every heartbeat carries a snapshot of `counters` (the data plane's) for the registry's live figures.
     """
 
     def __init__(
@@ -48,8 +51,10 @@ class RegistrySync:
         stored: Callable[[], Sequence[DeploymentSpec]] | None = None,
         fallback_after_s: float = 3.0,
         on_state: Callable[[], None] | None = None,
+        counters: LiveCounters | None = None,
     ) -> None:
         self.address = address
+        self.counters = counters or LiveCounters()
         self.applier = applier
         self.deployments = list(deployments)
         self.worker_id = worker_id
@@ -252,6 +257,14 @@ class RegistrySync:
                 )
                 if v.next_attempt_at is not None:
                     loaded.next_attempt_at.FromNanoseconds(int(v.next_attempt_at * 1e9))
+        present = {(name, version) for name, d in applier.status.items() for version in d.versions}
+        serving = {
+            (name, version)
+            for name, d in applier.status.items()
+            for version, v in d.versions.items()
+            if v.state == VersionState.SERVING
+        }
+        _counters_to_pb(self.counters.snapshot(present, serving), status.counters)
         return status
 
     async def _report(self) -> None:
@@ -266,6 +279,28 @@ class RegistrySync:
             try:
                 await self._report()
             except ModelyardError as exc:
-                event(log, "registry.heartbeat_failed", level=logging.DEBUG, error=exc.code.name)
+                # An unreachable registry is expected (the watch loop says so); a refused report is
+                # not, and its reason must be seen.
+                level = logging.DEBUG if exc.code in _UNREACHABLE else logging.WARNING
+                event(log, "registry.heartbeat_failed", level=level, error=exc.code.name, detail=exc.message)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self._heartbeat_s)
+
+
+_UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+
+
+def _counters_to_pb(snapshot: CountersSnapshot, out: rpb.LiveCounters) -> None:
+    out.started_at.FromNanoseconds(snapshot.started_at_ns)
+    out.uptime_s = snapshot.uptime_s
+    for s in snapshot.series:
+        out.versions.add(
+            deployment=s.deployment,
+            version=s.version,
+            since_s=s.since_s,
+            requests=s.requests,
+            items=s.items,
+            errors=s.errors,
+            latency_buckets=s.buckets,
+            latency_sum_s=s.latency_sum_s,
+        )

@@ -134,6 +134,7 @@ class InferenceWorker:
                 stored=self.applied_state.read if self.applied_state else None,
                 fallback_after_s=settings.fallback_after_s,
                 on_state=self._registry_state_changed,
+                counters=self.dataplane.counters,
             )
         self._serving = False
         self._health_task: asyncio.Task[None] | None = None

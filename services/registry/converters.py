@@ -207,6 +207,67 @@ def worker_from_pb(w: pb.WorkerStatus) -> d.WorkerStatus:
             for s in w.deployments
         ],
         fallback=w.fallback,
+        counters=live_counters_from_pb(w.counters) if w.HasField("counters") else None,
+    )
+
+
+def live_counters_from_pb(c: pb.LiveCounters) -> d.LiveCounters:
+    return d.LiveCounters(
+        started_at_ns=c.started_at.ToNanoseconds(),
+        uptime_s=c.uptime_s,
+        series=[
+            d.SeriesCounters(
+                deployment=s.deployment,
+                version=s.version,
+                since_s=s.since_s,
+                requests=s.requests,
+                items=s.items,
+                errors=dict(s.errors),
+                buckets=list(s.latency_buckets),
+                latency_sum_s=s.latency_sum_s,
+            )
+            for s in c.versions
+        ],
+    )
+
+
+def live_metrics_to_pb(m: d.LiveMetrics) -> pb.LiveMetrics:
+    return pb.LiveMetrics(
+        versions=[
+            pb.VersionLiveFigures(
+                deployment=v.deployment,
+                version=v.version,
+                total=live_figures_to_pb(v.total),
+                workers=[
+                    pb.WorkerLiveFigures(worker_id=w.worker_id, figures=live_figures_to_pb(w.figures))
+                    for w in v.workers
+                ],
+            )
+            for v in m.versions
+        ],
+        window_s=m.window_s,
+        latency_bounds_s=list(m.bounds_s),
+        at=to_timestamp(m.at),
+    )
+
+
+def live_figures_to_pb(f: d.LiveFigures) -> pb.LiveFigures:
+    return pb.LiveFigures(
+        requests_per_s=f.requests_per_s,
+        items_per_s=f.items_per_s,
+        error_rate=f.error_rate,
+        requests=f.requests,
+        items=f.items,
+        errors=f.errors,
+        p50_ms=f.p50_ms,
+        p95_ms=f.p95_ms,
+        p99_ms=f.p99_ms,
+        mean_ms=f.mean_ms,
+        latency_buckets=f.buckets,
+        samples=f.samples,
+        window_s=f.window_s,
+        window_start=to_timestamp(f.window_start),
+        window_end=to_timestamp(f.window_end),
     )
 
 

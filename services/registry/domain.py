@@ -118,6 +118,29 @@ class DeploymentStatus:
 
 
 @dataclass
+class SeriesCounters:
+    """Cumulative counters of one deployment version on one worker since `since_s` (its uptime)."""
+
+    deployment: str
+    version: str
+    since_s: float
+    requests: int
+    items: int
+    errors: dict[str, int]
+    buckets: list[int]  # successes per latency bucket (modelyard.common.latency), not cumulative
+    latency_sum_s: float
+
+
+@dataclass
+class LiveCounters:
+    """What a worker process counted since it started (`started_at_ns`, its counter epoch)."""
+
+    started_at_ns: int
+    uptime_s: float
+    series: list[SeriesCounters] = field(default_factory=list)
+
+
+@dataclass
 class WorkerStatus:
     worker_id: str
     address: str = ""
@@ -127,6 +150,63 @@ class WorkerStatus:
     last_seen: dt.datetime | None = None
     live: bool = False
     fallback: bool = False
+    counters: LiveCounters | None = None  # written with the heartbeat; never read back with the row
+
+
+@dataclass
+class LiveWindow:
+    """One worker's counters at both ends of a window: its newest snapshot and the oldest of the same
+    epoch received inside the window (None when there is none besides the newest)."""
+
+    worker_id: str
+    newest: LiveCounters
+    newest_at: dt.datetime
+    baseline: LiveCounters | None
+    baseline_at: dt.datetime | None
+    samples: int  # snapshots of the newest epoch received inside the window, the newest included
+    now: dt.datetime
+
+
+@dataclass
+class LiveFigures:
+    requests_per_s: float = 0.0
+    items_per_s: float = 0.0
+    error_rate: float = 0.0
+    requests: int = 0
+    items: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
+    mean_ms: float = 0.0
+    buckets: list[int] = field(default_factory=list)
+    samples: int = 0
+    window_s: float = 0.0
+    window_start: dt.datetime | None = None
+    window_end: dt.datetime | None = None
+    latency_sum_s: float = 0.0  # of the successful requests, for means across workers
+
+
+@dataclass
+class WorkerLiveFigures:
+    worker_id: str
+    figures: LiveFigures
+
+
+@dataclass
+class VersionLiveFigures:
+    deployment: str
+    version: str
+    total: LiveFigures
+    workers: list[WorkerLiveFigures]
+
+
+@dataclass
+class LiveMetrics:
+    versions: list[VersionLiveFigures]
+    window_s: float
+    bounds_s: tuple[float, ...]
+    at: dt.datetime
 
 
 @dataclass

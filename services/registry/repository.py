@@ -22,11 +22,14 @@ from modelyard.registry.domain import (
     DeploymentStatus,
     InferenceConfig,
     Lineage,
+    LiveCounters,
+    LiveWindow,
     LoadedVersion,
     Metric,
     Model,
     ModelVersion,
     Route,
+    SeriesCounters,
     Signature,
     VersionMetric,
     WorkerStatus,
@@ -540,25 +543,142 @@ async def list_audit(
 # ---- workers ------------------------------------------------------------------------------------
 
 
-async def upsert_worker(conn: Conn, *, status: WorkerStatus) -> None:
+# One statement per heartbeat (the registry's hot path): the status, the newest counters stamped with
+# the database's clock (`r`, the same for every replica), and, when the newest history entry is older
+# than `sample_every`, the history trimmed to `keep` with this snapshot appended. Between appends the
+# history's value passes through unchanged, so PostgreSQL keeps its stored (TOASTed) copy.
+_UPSERT_WORKER = """
+INSERT INTO workers AS w (worker_id, address, state, last_error, deployments, fallback, last_seen,
+                          live_latest, live_history, live_sampled_at)
+SELECT $1, $2, $3, $4, $5, $6, now(), s.sample::json,
+       CASE WHEN s.sample IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(s.sample) END,
+       CASE WHEN s.sample IS NULL THEN NULL ELSE now() END
+FROM (SELECT $7::jsonb || jsonb_build_object('r', extract(epoch FROM now())) AS sample) AS s
+ON CONFLICT (worker_id) DO UPDATE SET
+    address = $2, state = $3, last_error = $4, deployments = $5, fallback = $6, last_seen = now(),
+    live_latest = EXCLUDED.live_latest,
+    live_history = CASE
+        WHEN EXCLUDED.live_latest IS NULL OR w.live_sampled_at > now() - $8::interval THEN w.live_history
+        ELSE (SELECT COALESCE(jsonb_agg(h.e ORDER BY h.i), '[]'::jsonb)
+              FROM jsonb_array_elements(w.live_history) WITH ORDINALITY AS h(e, i)
+              WHERE (h.e->>'r')::float8 >= extract(epoch FROM now() - $9::interval))
+             || jsonb_build_array(EXCLUDED.live_latest::jsonb)
+    END,
+    live_sampled_at = CASE
+        WHEN EXCLUDED.live_latest IS NULL OR w.live_sampled_at > now() - $8::interval THEN w.live_sampled_at
+        ELSE now()
+    END
+"""
+
+
+async def upsert_worker(
+    conn: Conn, *, status: WorkerStatus, sample_every: dt.timedelta, keep: dt.timedelta
+) -> None:
+    """Store a heartbeat; its counters join the worker's live history (see `_UPSERT_WORKER`)."""
     await conn.execute(
-        "INSERT INTO workers (worker_id, address, state, last_error, deployments, fallback, last_seen)"
-        " VALUES ($1, $2, $3, $4, $5, $6, now())"
-        " ON CONFLICT (worker_id) DO UPDATE SET address = $2, state = $3, last_error = $4,"
-        " deployments = $5, fallback = $6, last_seen = now()",
+        _UPSERT_WORKER,
         status.worker_id,
         status.address,
         status.state,
         status.last_error,
         to_json(status.deployments),
         status.fallback,
+        _counters_json(status.counters),
+        sample_every,
+        keep,
     )
 
 
-async def list_workers(conn: Conn, *, live_within: dt.timedelta, deployment: str = "") -> list[WorkerStatus]:
-    """Every worker, or those whose last report names `deployment`."""
+def _counters_json(counters: LiveCounters | None) -> dict[str, Any] | None:
+    """Compact: one array per series, as a history holds dozens of snapshots per worker."""
+    if counters is None:
+        return None
+    return {
+        "s": counters.started_at_ns,
+        "u": counters.uptime_s,
+        "v": [
+            [c.deployment, c.version, c.since_s, c.requests, c.items, c.latency_sum_s, c.buckets, c.errors]
+            for c in counters.series
+        ],
+    }
+
+
+def _counters_from_json(data: dict[str, Any]) -> LiveCounters:
+    return LiveCounters(
+        started_at_ns=int(data["s"]),
+        uptime_s=float(data["u"]),
+        series=[
+            SeriesCounters(
+                deployment=d,
+                version=v,
+                since_s=float(since),
+                requests=int(requests),
+                items=int(items),
+                latency_sum_s=float(latency_sum),
+                buckets=[int(b) for b in buckets],
+                errors={str(k): int(n) for k, n in errors.items()},
+            )
+            for d, v, since, requests, items, latency_sum, buckets, errors in data["v"]
+        ],
+    )
+
+
+def _received_at(data: dict[str, Any]) -> dt.datetime:
+    return dt.datetime.fromtimestamp(float(data["r"]), dt.UTC)
+
+
+async def live_windows(
+    conn: Conn, *, live_within: dt.timedelta, window_s: float, deployment: str = ""
+) -> list[LiveWindow]:
+    """For each live worker with counters (of those serving `deployment`, if given): its newest
+    snapshot and a baseline of the same counter epoch: the oldest other snapshot received in the
+    last `window_s`, else (a window shorter than the history's spacing) the newest one before it.
+    The history is searched in SQL, so only two snapshots per worker leave the database."""
     rows = await conn.fetch(
-        "SELECT *, last_seen > now() - $1::interval AS live FROM workers"
+        "SELECT w.worker_id, w.live_latest AS newest, b.baseline, b.samples + 1 AS samples, now() AS now"
+        " FROM workers AS w"
+        # The newest snapshot's epoch and uptime, parsed once per worker (OFFSET 0 keeps PostgreSQL
+        # from inlining them into the filter below, which parsed the json once per element: 2x slower).
+        " CROSS JOIN LATERAL ("
+        "   SELECT w.live_latest->>'s' AS s, (w.live_latest->>'u')::float8 AS u OFFSET 0"
+        " ) AS n"
+        " CROSS JOIN LATERAL ("
+        "   SELECT (array_agg(h.e ORDER BY h.inside DESC, CASE WHEN h.inside THEN h.i ELSE -h.i END))[1]"
+        "            AS baseline,"
+        "          count(*) FILTER (WHERE h.inside) AS samples"
+        "   FROM ("
+        "     SELECT e, i, (e->>'r')::float8 >= extract(epoch FROM now()) - $2 AS inside"
+        "     FROM jsonb_array_elements(w.live_history) WITH ORDINALITY AS x(e, i)"
+        "     WHERE e->>'s' = n.s AND (e->>'u')::float8 <> n.u"
+        "   ) AS h"
+        " ) AS b"
+        " WHERE w.live_latest IS NOT NULL AND w.last_seen > now() - $1::interval"
+        "   AND ($3 = '' OR w.deployments @> jsonb_build_array(jsonb_build_object('deployment', $3::text)))"
+        " ORDER BY w.worker_id",
+        live_within,
+        window_s,
+        deployment,
+    )
+    return [
+        LiveWindow(
+            worker_id=r["worker_id"],
+            newest=_counters_from_json(r["newest"]),
+            newest_at=_received_at(r["newest"]),
+            baseline=_counters_from_json(r["baseline"]) if r["baseline"] is not None else None,
+            baseline_at=_received_at(r["baseline"]) if r["baseline"] is not None else None,
+            samples=int(r["samples"]),
+            now=r["now"],
+        )
+        for r in rows
+    ]
+
+
+async def list_workers(conn: Conn, *, live_within: dt.timedelta, deployment: str = "") -> list[WorkerStatus]:
+    """Every worker, or those whose last report names `deployment` (without the live counters: a
+    history is dozens of snapshots, and rollouts read this list often)."""
+    rows = await conn.fetch(
+        "SELECT worker_id, address, state, last_error, deployments, fallback, last_seen,"
+        " last_seen > now() - $1::interval AS live FROM workers"
         " WHERE ($2 = '' OR deployments @> jsonb_build_array(jsonb_build_object('deployment', $2::text)))"
         " ORDER BY worker_id",
         live_within,

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from modelyard.common.errors import InvalidArgument
 from modelyard.common.states import VersionState, WorkerState
 from modelyard.registry import repository as repo
+from modelyard.registry import validation
 from modelyard.registry.broadcast import DeploymentBroadcast
 from modelyard.registry.db import Database
 from modelyard.registry.deployments import find_deployment
@@ -55,8 +56,13 @@ class Rollouts:
         heartbeat_ttl_s: float,
         lost_worker_window_s: float,
         poll_interval_s: float,
+        live_window_s: float = 180.0,
+        live_sample_interval_s: float = 5.0,
     ) -> None:
         self.db = db
+        # A heartbeat's counters join the worker's history at most this often, kept this long.
+        self.live_sample_every = dt.timedelta(seconds=live_sample_interval_s)
+        self.live_keep = dt.timedelta(seconds=live_window_s)
         self.heartbeat_ttl = dt.timedelta(seconds=heartbeat_ttl_s)
         self.lost_worker_window = dt.timedelta(seconds=lost_worker_window_s)
         self.poll_interval_s = poll_interval_s
@@ -72,8 +78,12 @@ class Rollouts:
     async def report_status(self, status: WorkerStatus) -> None:
         if not status.worker_id:
             raise InvalidArgument("worker_id is required in a status report")
+        if status.counters is not None:
+            validation.check_live_counters(status.counters)
         async with self.db.connection() as conn:
-            await repo.upsert_worker(conn, status=status)
+            await repo.upsert_worker(
+                conn, status=status, sample_every=self.live_sample_every, keep=self.live_keep
+            )
         served = frozenset(d.deployment for d in status.deployments)
         for name in served | self._served.pop(status.worker_id, frozenset()):
             self._wakeups.wake(name)

@@ -76,6 +76,8 @@ class RegistryServer:
             lost_worker_window_s=self.settings.lost_worker_window_s,
             rollout_poll_interval_s=self.settings.rollout_poll_interval_s,
             artifact_roots=ArtifactRoots.parse(self.settings.artifact_roots),
+            live_window_s=self.settings.live_window_s,
+            live_sample_interval_s=self.settings.live_sample_interval_s,
         )
         servicer = RegistryServicer(registry, self.settings.heartbeat_interval_ms)
         self.grpc = GrpcServer(

@@ -10,6 +10,7 @@ from modelyard.registry.broadcast import DeploymentBroadcast
 from modelyard.registry.catalog import Catalog
 from modelyard.registry.db import Database
 from modelyard.registry.deployments import Deployments
+from modelyard.registry.live_metrics import LiveEvidence
 from modelyard.registry.performance import Performance
 from modelyard.registry.rollouts import Rollouts
 from modelyard.registry.transfer import Transfer
@@ -28,6 +29,8 @@ class Registry:
         lost_worker_window_s: float = 300.0,
         rollout_poll_interval_s: float = 1.0,
         artifact_roots: ArtifactRoots | None = None,
+        live_window_s: float = 180.0,
+        live_sample_interval_s: float = 5.0,
     ) -> None:
         # Where a version's source_uri may point (default: the default artifact store).
         roots = artifact_roots or ArtifactRoots.parse(default_artifact_roots())
@@ -41,7 +44,10 @@ class Registry:
             heartbeat_ttl_s=heartbeat_ttl_s,
             lost_worker_window_s=lost_worker_window_s,
             poll_interval_s=rollout_poll_interval_s,
+            live_window_s=live_window_s,
+            live_sample_interval_s=live_sample_interval_s,
         )
+        self.live = LiveEvidence(db, heartbeat_ttl_s=heartbeat_ttl_s, live_window_s=live_window_s)
         self.performance = Performance(db)
         self.transfer = Transfer(db, broadcast, roots)
         self.history = History(db)

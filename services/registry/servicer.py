@@ -46,6 +46,9 @@ POLICY = AccessPolicy.of(
     {
         READ_METHODS: (Role.READER, Role.WORKER, Role.BENCHMARK),
         ("ReportStatus",): (Role.WORKER,),
+        # Live figures are for people and their tools (CLI, console, rollout decisions in the
+        # registry itself); no worker or benchmark pod needs them.
+        ("GetLiveMetrics",): (Role.READER,),
         ("StageVersion", "UnstageVersion", "RecordBenchmarkRun"): (Role.BENCHMARK,),
     }
 )
@@ -306,6 +309,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             request.deployment, revision=request.revision, wait_timeout_s=request.wait_timeout_ms / 1000
         )
         return cv.rollout_to_pb(status)
+
+    async def GetLiveMetrics(self, request: pb.GetLiveMetricsRequest, context: Ctx) -> pb.LiveMetrics:
+        metrics = await self.registry.live.live_metrics(request.deployment, window_s=request.window_s)
+        return cv.live_metrics_to_pb(metrics)
 
     async def RecordBenchmarkRun(
         self, request: pb.RecordBenchmarkRunRequest, context: Ctx

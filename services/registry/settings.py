@@ -50,6 +50,18 @@ class RegistrySettings(ServerSettings):
         "without saying it was stopping shows as lost in rollout status, which keeps the rollout from "
         "converging, for this long after its last heartbeat; then it is dropped.",
     )
+    live_window_s: float = Field(
+        180.0,
+        gt=0,
+        description="How far back GetLiveMetrics may look: each worker's row keeps snapshots of its "
+        "heartbeat counters for this long (the longest window_s a caller may ask for).",
+    )
+    live_sample_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="Spacing of the kept counter snapshots: every heartbeat replaces a worker's newest "
+        "counters, and one per interval joins its history, so a window's start is found to within this.",
+    )
     artifact_roots: ArtifactRootsSetting = Field(
         default_factory=default_artifact_roots,
         validation_alias=AliasChoices(ARTIFACT_ROOTS_ENV),

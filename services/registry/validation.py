@@ -1,16 +1,21 @@
-"""Input rules of the registry: names, SemVer, checkpoint hashes, route weights, promotion gates."""
+"""Input rules of the registry: names, SemVer, checkpoint hashes, route weights, promotion gates,
+heartbeat counters."""
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import grpc
+
 from modelyard.common.artifact_roots import ArtifactLocationError, ArtifactRoots
 from modelyard.common.errors import InvalidArgument
+from modelyard.common.latency import BUCKET_COUNT
 from modelyard.common.states import RunStatus
-from modelyard.registry.domain import MODEL_TYPES, BenchmarkRun, Model, ModelVersion, Route
+from modelyard.registry.domain import MODEL_TYPES, BenchmarkRun, LiveCounters, Model, ModelVersion, Route
 
 # SemVer 2.0.0, as published at semver.org.
 _SEMVER = re.compile(
@@ -153,3 +158,41 @@ def parse_gate(text: str) -> Gate:
             "(op is one of >=, >, <=, <, ==)"
         )
     return Gate(text.strip(), match.group(1), match.group(2), float(match.group(3)))
+
+
+# Series one heartbeat may carry: far above what a worker loads, low enough that a bad report cannot
+# make a worker's row (and every history snapshot) huge.
+MAX_COUNTER_SERIES = 256
+_STATUS_CODES = frozenset(code.name for code in grpc.StatusCode)
+
+
+def check_live_counters(counters: LiveCounters) -> LiveCounters:
+    """Counters the live window can difference: finite times, non-negative counts, one bucket more
+    than the bounds of modelyard.common.latency, errors keyed by gRPC status code names."""
+    problem = ""
+    if not (math.isfinite(counters.uptime_s) and counters.uptime_s >= 0):
+        problem = f"uptime_s is {counters.uptime_s}"
+    elif counters.started_at_ns <= 0:
+        problem = "started_at is unset"
+    elif len(counters.series) > MAX_COUNTER_SERIES:
+        problem = f"{len(counters.series)} versions are more than {MAX_COUNTER_SERIES}"
+    for s in counters.series:
+        if problem:
+            break
+        name = f"{s.deployment} {s.version}"
+        if not (math.isfinite(s.since_s) and 0 <= s.since_s <= counters.uptime_s):
+            problem = f"{name}: since_s {s.since_s} is not between 0 and uptime_s {counters.uptime_s}"
+        elif len(s.buckets) != BUCKET_COUNT:
+            problem = (
+                f"{name}: {len(s.buckets)} latency buckets, expected {BUCKET_COUNT} "
+                "(modelyard.common.latency: do the worker and the registry run the same release?)"
+            )
+        elif min(s.requests, s.items, *s.buckets, *s.errors.values()) < 0:
+            problem = f"{name}: a counter is negative"
+        elif not (math.isfinite(s.latency_sum_s) and s.latency_sum_s >= 0):
+            problem = f"{name}: latency_sum_s is {s.latency_sum_s}"
+        elif unknown := sorted(set(s.errors) - _STATUS_CODES):
+            problem = f"{name}: errors keyed by {', '.join(unknown)}, not gRPC status code names"
+    if problem:
+        raise InvalidArgument(f"invalid live counters in the status report: {problem}; nothing was stored")
+    return counters

@@ -1,0 +1,110 @@
+"""Cumulative request counters per deployment version, sent with every heartbeat so the registry can
+serve live rates and percentiles (GetLiveMetrics): O(1) per request, constant memory per version."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from modelyard.common.latency import BUCKET_COUNT, bucket_index
+
+SeriesKey = tuple[str, str]  # (deployment, version)
+
+
+class VersionSeries:
+    """What one version served on this worker since `since_s` (uptime). Only the event loop writes
+    it (the data plane) and reads it (the heartbeat), so it needs no lock."""
+
+    __slots__ = ("buckets", "errors", "items", "latency_sum_s", "requests", "since_s")
+
+    def __init__(self, since_s: float) -> None:
+        self.since_s = since_s
+        self.requests = 0
+        self.items = 0
+        self.errors: dict[str, int] = {}  # by gRPC status code name; at most one key per code
+        self.buckets = [0] * BUCKET_COUNT
+        self.latency_sum_s = 0.0
+
+    def succeeded(self, seconds: float, items: int) -> None:
+        self.requests += 1
+        self.items += items
+        self.buckets[bucket_index(seconds)] += 1
+        self.latency_sum_s += seconds
+
+    def failed(self, code: str) -> None:
+        self.requests += 1
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+
+@dataclass(frozen=True)
+class SeriesSnapshot:
+    deployment: str
+    version: str
+    since_s: float
+    requests: int
+    items: int
+    errors: dict[str, int]
+    buckets: list[int]
+    latency_sum_s: float
+
+
+@dataclass(frozen=True)
+class CountersSnapshot:
+    started_at_ns: int  # the counter epoch: a restarted process has another
+    uptime_s: float
+    series: list[SeriesSnapshot]
+
+
+class LiveCounters:
+    """Every version's series in this process. A series lives while its version is in the worker's
+    status (loading, serving, draining) and is reported in every heartbeat until then; the snapshot
+    after it left drops it, so a version loaded again later starts a new series (a new `since_s`),
+    which the registry counts from zero instead of reading a drop."""
+
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, wall_ns: Callable[[], int] = time.time_ns
+    ) -> None:
+        self._clock = clock
+        self._start = clock()
+        self.started_at_ns = wall_ns()
+        self._series: dict[SeriesKey, VersionSeries] = {}
+
+    def uptime_s(self) -> float:
+        return self._clock() - self._start
+
+    def series(self, deployment: str, version: str) -> VersionSeries:
+        key = (deployment, version)
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = VersionSeries(self.uptime_s())
+        return found
+
+    def snapshot(
+        self, present: Collection[SeriesKey], serving: Collection[SeriesKey] = ()
+    ) -> CountersSnapshot:
+        """Every series as it stands, with an empty one for each `serving` version that has none yet
+        (a version that gets no traffic shows as such); then those whose version is no longer
+        `present` are dropped (this snapshot carried their last counts)."""
+        for key in serving:
+            self.series(*key)
+        taken = CountersSnapshot(
+            started_at_ns=self.started_at_ns,
+            uptime_s=self.uptime_s(),
+            series=[
+                SeriesSnapshot(
+                    deployment=key[0],
+                    version=key[1],
+                    since_s=s.since_s,
+                    requests=s.requests,
+                    items=s.items,
+                    errors=dict(s.errors),
+                    buckets=list(s.buckets),
+                    latency_sum_s=s.latency_sum_s,
+                )
+                for key, s in sorted(self._series.items())
+            ],
+        )
+        for key in [k for k in self._series if k not in present]:
+            del self._series[key]
+        return taken
