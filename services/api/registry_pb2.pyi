@@ -79,6 +79,39 @@ DRAINING: VersionState.ValueType  # 3
 FAILED: VersionState.ValueType  # 4
 Global___VersionState: _TypeAlias = VersionState  # noqa: Y015
 
+class _RolloutPlanState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RolloutPlanStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RolloutPlanState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLLOUT_PLAN_STATE_UNSPECIFIED: _RolloutPlanState.ValueType  # 0
+    ROLLOUT_PLAN_RUNNING: _RolloutPlanState.ValueType  # 1
+    """Driven by the registry: the candidate's weight moves to the next step when every guard held."""
+    ROLLOUT_PLAN_PAUSED: _RolloutPlanState.ValueType  # 2
+    """Held at its current step; nothing is judged until resumed (the step then starts again)."""
+    ROLLOUT_PLAN_SUCCEEDED: _RolloutPlanState.ValueType  # 3
+    """Reached 100%: the candidate was promoted."""
+    ROLLOUT_PLAN_ROLLED_BACK: _RolloutPlanState.ValueType  # 4
+    """A guard failed: routed back to 100% the baseline."""
+    ROLLOUT_PLAN_ABORTED: _RolloutPlanState.ValueType  # 5
+    """Aborted by an operator: routed back to 100% the baseline."""
+
+class RolloutPlanState(_RolloutPlanState, metaclass=_RolloutPlanStateEnumTypeWrapper): ...
+
+ROLLOUT_PLAN_STATE_UNSPECIFIED: RolloutPlanState.ValueType  # 0
+ROLLOUT_PLAN_RUNNING: RolloutPlanState.ValueType  # 1
+"""Driven by the registry: the candidate's weight moves to the next step when every guard held."""
+ROLLOUT_PLAN_PAUSED: RolloutPlanState.ValueType  # 2
+"""Held at its current step; nothing is judged until resumed (the step then starts again)."""
+ROLLOUT_PLAN_SUCCEEDED: RolloutPlanState.ValueType  # 3
+"""Reached 100%: the candidate was promoted."""
+ROLLOUT_PLAN_ROLLED_BACK: RolloutPlanState.ValueType  # 4
+"""A guard failed: routed back to 100% the baseline."""
+ROLLOUT_PLAN_ABORTED: RolloutPlanState.ValueType  # 5
+"""Aborted by an operator: routed back to 100% the baseline."""
+Global___RolloutPlanState: _TypeAlias = RolloutPlanState  # noqa: Y015
+
 class _RunStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -2164,6 +2197,234 @@ class WorkerRollout(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkerRollout: _TypeAlias = WorkerRollout  # noqa: Y015
+
+@_typing.final
+class StartRolloutPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    STEP_DURATION_S_FIELD_NUMBER: _builtins.int
+    GUARDS_FIELD_NUMBER: _builtins.int
+    MIN_REQUESTS_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGE_INCOMPATIBLE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    deployment: _builtins.str
+    version: _builtins.str
+    """The candidate; the baseline is the version that carries 100% of the traffic now."""
+    step_duration_s: _builtins.float
+    """How long each step below 100 is observed before it may advance, seconds."""
+    min_requests: _builtins.int
+    """Candidate requests a step's window needs before its guards are judged at all."""
+    acknowledge_incompatible: _builtins.bool
+    reason: _builtins.str
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Candidate weights in percent, strictly increasing, ending at 100 (e.g. 5, 25, 50, 100)."""
+
+    @_builtins.property
+    def guards(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Guards "METRIC OP NUMBER" (e.g. "error_rate <= 0.01", "p99_ratio <= 1.5"), all of which must
+        hold over the step's window; see RolloutPlan.guards for the metrics.
+        """
+
+    def __init__(
+        self,
+        *,
+        deployment: _builtins.str = ...,
+        version: _builtins.str = ...,
+        steps: _abc.Iterable[_builtins.int] | None = ...,
+        step_duration_s: _builtins.float = ...,
+        guards: _abc.Iterable[_builtins.str] | None = ...,
+        min_requests: _builtins.int = ...,
+        acknowledge_incompatible: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_incompatible", b"acknowledge_incompatible", "deployment", b"deployment", "guards", b"guards", "min_requests", b"min_requests", "reason", b"reason", "step_duration_s", b"step_duration_s", "steps", b"steps", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartRolloutPlanRequest: _TypeAlias = StartRolloutPlanRequest  # noqa: Y015
+
+@_typing.final
+class GetRolloutPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    deployment: _builtins.str
+    def __init__(
+        self,
+        *,
+        deployment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRolloutPlanRequest: _TypeAlias = GetRolloutPlanRequest  # noqa: Y015
+
+@_typing.final
+class RolloutPlanControlRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    deployment: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        deployment: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutPlanControlRequest: _TypeAlias = RolloutPlanControlRequest  # noqa: Y015
+
+@_typing.final
+class GuardReading(_message.Message):
+    """One guard's value at the plan's last judgement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GUARD_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    OP_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    HOLDS_FIELD_NUMBER: _builtins.int
+    JUDGED_FIELD_NUMBER: _builtins.int
+    guard: _builtins.str
+    """As given, normalised: "error_rate <= 0.01"."""
+    metric: _builtins.str
+    op: _builtins.str
+    threshold: _builtins.float
+    value: _builtins.float
+    """NaN until enough evidence (min_requests; a ratio also needs baseline traffic)."""
+    holds: _builtins.bool
+    judged: _builtins.bool
+    """False while the value is not known yet."""
+    def __init__(
+        self,
+        *,
+        guard: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        op: _builtins.str = ...,
+        threshold: _builtins.float = ...,
+        value: _builtins.float = ...,
+        holds: _builtins.bool = ...,
+        judged: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["guard", b"guard", "holds", b"holds", "judged", b"judged", "metric", b"metric", "op", b"op", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GuardReading: _TypeAlias = GuardReading  # noqa: Y015
+
+@_typing.final
+class RolloutPlan(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    BASELINE_VERSION_FIELD_NUMBER: _builtins.int
+    CANDIDATE_VERSION_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    STEP_INDEX_FIELD_NUMBER: _builtins.int
+    STEP_DURATION_S_FIELD_NUMBER: _builtins.int
+    MIN_REQUESTS_FIELD_NUMBER: _builtins.int
+    GUARDS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STEP_STARTED_AT_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    CANDIDATE_REQUESTS_FIELD_NUMBER: _builtins.int
+    BASELINE_REQUESTS_FIELD_NUMBER: _builtins.int
+    WINDOW_S_FIELD_NUMBER: _builtins.int
+    JUDGED_AT_FIELD_NUMBER: _builtins.int
+    DRIVER_FIELD_NUMBER: _builtins.int
+    plan_id: _builtins.int
+    deployment: _builtins.str
+    model_id: _builtins.str
+    baseline_version: _builtins.str
+    candidate_version: _builtins.str
+    step_index: _builtins.int
+    """Index into steps of the current step; the candidate's weight is steps[step_index]."""
+    step_duration_s: _builtins.float
+    min_requests: _builtins.int
+    state: Global___RolloutPlanState.ValueType
+    created_by: _builtins.str
+    outcome: _builtins.str
+    """Why it ended (or paused): the failed guard with its value and threshold, "promoted", ..."""
+    candidate_requests: _builtins.int
+    """Candidate and baseline requests in the last judged window, and that window's length."""
+    baseline_requests: _builtins.int
+    window_s: _builtins.float
+    driver: _builtins.str
+    """The registry replica that last judged it."""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def guards(self) -> _containers.RepeatedCompositeFieldContainer[Global___GuardReading]:
+        """Metrics: error_rate (candidate failures other than INVALID_ARGUMENT / requests), p50_ms,
+        p95_ms, p99_ms (candidate), p50_ratio, p95_ratio, p99_ratio (candidate / baseline over the same
+        window), error_rate_delta (candidate error_rate minus the baseline's).
+        """
+
+    @_builtins.property
+    def step_started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def judged_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        plan_id: _builtins.int = ...,
+        deployment: _builtins.str = ...,
+        model_id: _builtins.str = ...,
+        baseline_version: _builtins.str = ...,
+        candidate_version: _builtins.str = ...,
+        steps: _abc.Iterable[_builtins.int] | None = ...,
+        step_index: _builtins.int = ...,
+        step_duration_s: _builtins.float = ...,
+        min_requests: _builtins.int = ...,
+        guards: _abc.Iterable[Global___GuardReading] | None = ...,
+        state: Global___RolloutPlanState.ValueType = ...,
+        step_started_at: _timestamp_pb2.Timestamp | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        created_by: _builtins.str = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        outcome: _builtins.str = ...,
+        candidate_requests: _builtins.int = ...,
+        baseline_requests: _builtins.int = ...,
+        window_s: _builtins.float = ...,
+        judged_at: _timestamp_pb2.Timestamp | None = ...,
+        driver: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "judged_at", b"judged_at", "step_started_at", b"step_started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_requests", b"baseline_requests", "baseline_version", b"baseline_version", "candidate_requests", b"candidate_requests", "candidate_version", b"candidate_version", "created_at", b"created_at", "created_by", b"created_by", "deployment", b"deployment", "driver", b"driver", "finished_at", b"finished_at", "guards", b"guards", "judged_at", b"judged_at", "min_requests", b"min_requests", "model_id", b"model_id", "outcome", b"outcome", "plan_id", b"plan_id", "state", b"state", "step_duration_s", b"step_duration_s", "step_index", b"step_index", "step_started_at", b"step_started_at", "steps", b"steps", "window_s", b"window_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutPlan: _TypeAlias = RolloutPlan  # noqa: Y015
 
 @_typing.final
 class RolloutStatus(_message.Message):

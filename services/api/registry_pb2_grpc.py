@@ -174,6 +174,31 @@ class RegistryServiceStub:
                 request_serializer=modelyard_dot_api_dot_registry__pb2.GetLiveMetricsRequest.SerializeToString,
                 response_deserializer=modelyard_dot_api_dot_registry__pb2.LiveMetrics.FromString,
                 _registered_method=True)
+        self.StartRolloutPlan = channel.unary_unary(
+                '/modelyard.registry.v1.RegistryService/StartRolloutPlan',
+                request_serializer=modelyard_dot_api_dot_registry__pb2.StartRolloutPlanRequest.SerializeToString,
+                response_deserializer=modelyard_dot_api_dot_registry__pb2.RolloutPlan.FromString,
+                _registered_method=True)
+        self.GetRolloutPlan = channel.unary_unary(
+                '/modelyard.registry.v1.RegistryService/GetRolloutPlan',
+                request_serializer=modelyard_dot_api_dot_registry__pb2.GetRolloutPlanRequest.SerializeToString,
+                response_deserializer=modelyard_dot_api_dot_registry__pb2.RolloutPlan.FromString,
+                _registered_method=True)
+        self.PauseRolloutPlan = channel.unary_unary(
+                '/modelyard.registry.v1.RegistryService/PauseRolloutPlan',
+                request_serializer=modelyard_dot_api_dot_registry__pb2.RolloutPlanControlRequest.SerializeToString,
+                response_deserializer=modelyard_dot_api_dot_registry__pb2.RolloutPlan.FromString,
+                _registered_method=True)
+        self.ResumeRolloutPlan = channel.unary_unary(
+                '/modelyard.registry.v1.RegistryService/ResumeRolloutPlan',
+                request_serializer=modelyard_dot_api_dot_registry__pb2.RolloutPlanControlRequest.SerializeToString,
+                response_deserializer=modelyard_dot_api_dot_registry__pb2.RolloutPlan.FromString,
+                _registered_method=True)
+        self.AbortRolloutPlan = channel.unary_unary(
+                '/modelyard.registry.v1.RegistryService/AbortRolloutPlan',
+                request_serializer=modelyard_dot_api_dot_registry__pb2.RolloutPlanControlRequest.SerializeToString,
+                response_deserializer=modelyard_dot_api_dot_registry__pb2.RolloutPlan.FromString,
+                _registered_method=True)
         self.RecordBenchmarkRun = channel.unary_unary(
                 '/modelyard.registry.v1.RegistryService/RecordBenchmarkRun',
                 request_serializer=modelyard_dot_api_dot_registry__pb2.RecordBenchmarkRunRequest.SerializeToString,
@@ -390,6 +415,40 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartRolloutPlan(self, request, context):
+        """Progressive delivery: a plan that moves a canary's weight step by step while its guards hold
+        on the live figures, and rolls back at once when one fails. One plan per deployment at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRolloutPlan(self, request, context):
+        """The deployment's active plan, else its most recent one (NOT_FOUND when it never had one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseRolloutPlan(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRolloutPlan(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortRolloutPlan(self, request, context):
+        """Ends the plan and routes the deployment back to 100% its baseline version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RecordBenchmarkRun(self, request, context):
         """Performance store.
         """
@@ -570,6 +629,31 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.GetLiveMetrics,
                     request_deserializer=modelyard_dot_api_dot_registry__pb2.GetLiveMetricsRequest.FromString,
                     response_serializer=modelyard_dot_api_dot_registry__pb2.LiveMetrics.SerializeToString,
+            ),
+            'StartRolloutPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRolloutPlan,
+                    request_deserializer=modelyard_dot_api_dot_registry__pb2.StartRolloutPlanRequest.FromString,
+                    response_serializer=modelyard_dot_api_dot_registry__pb2.RolloutPlan.SerializeToString,
+            ),
+            'GetRolloutPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRolloutPlan,
+                    request_deserializer=modelyard_dot_api_dot_registry__pb2.GetRolloutPlanRequest.FromString,
+                    response_serializer=modelyard_dot_api_dot_registry__pb2.RolloutPlan.SerializeToString,
+            ),
+            'PauseRolloutPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseRolloutPlan,
+                    request_deserializer=modelyard_dot_api_dot_registry__pb2.RolloutPlanControlRequest.FromString,
+                    response_serializer=modelyard_dot_api_dot_registry__pb2.RolloutPlan.SerializeToString,
+            ),
+            'ResumeRolloutPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRolloutPlan,
+                    request_deserializer=modelyard_dot_api_dot_registry__pb2.RolloutPlanControlRequest.FromString,
+                    response_serializer=modelyard_dot_api_dot_registry__pb2.RolloutPlan.SerializeToString,
+            ),
+            'AbortRolloutPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRolloutPlan,
+                    request_deserializer=modelyard_dot_api_dot_registry__pb2.RolloutPlanControlRequest.FromString,
+                    response_serializer=modelyard_dot_api_dot_registry__pb2.RolloutPlan.SerializeToString,
             ),
             'RecordBenchmarkRun': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordBenchmarkRun,
@@ -1358,6 +1442,141 @@ class RegistryService:
             '/modelyard.registry.v1.RegistryService/GetLiveMetrics',
             modelyard_dot_api_dot_registry__pb2.GetLiveMetricsRequest.SerializeToString,
             modelyard_dot_api_dot_registry__pb2.LiveMetrics.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRolloutPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelyard.registry.v1.RegistryService/StartRolloutPlan',
+            modelyard_dot_api_dot_registry__pb2.StartRolloutPlanRequest.SerializeToString,
+            modelyard_dot_api_dot_registry__pb2.RolloutPlan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRolloutPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelyard.registry.v1.RegistryService/GetRolloutPlan',
+            modelyard_dot_api_dot_registry__pb2.GetRolloutPlanRequest.SerializeToString,
+            modelyard_dot_api_dot_registry__pb2.RolloutPlan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseRolloutPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelyard.registry.v1.RegistryService/PauseRolloutPlan',
+            modelyard_dot_api_dot_registry__pb2.RolloutPlanControlRequest.SerializeToString,
+            modelyard_dot_api_dot_registry__pb2.RolloutPlan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRolloutPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelyard.registry.v1.RegistryService/ResumeRolloutPlan',
+            modelyard_dot_api_dot_registry__pb2.RolloutPlanControlRequest.SerializeToString,
+            modelyard_dot_api_dot_registry__pb2.RolloutPlan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortRolloutPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelyard.registry.v1.RegistryService/AbortRolloutPlan',
+            modelyard_dot_api_dot_registry__pb2.RolloutPlanControlRequest.SerializeToString,
+            modelyard_dot_api_dot_registry__pb2.RolloutPlan.FromString,
             options,
             channel_credentials,
             insecure,

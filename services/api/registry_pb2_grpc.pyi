@@ -77,6 +77,16 @@ class RegistryServiceStub:
     """Live figures per deployment version and worker over a recent window, from the cumulative
     counters workers send with their heartbeats (requests/s, errors by code, latency percentiles).
     """
+    StartRolloutPlan: _grpc.UnaryUnaryMultiCallable[_registry_pb2.StartRolloutPlanRequest, _registry_pb2.RolloutPlan]
+    """Progressive delivery: a plan that moves a canary's weight step by step while its guards hold
+    on the live figures, and rolls back at once when one fails. One plan per deployment at a time.
+    """
+    GetRolloutPlan: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetRolloutPlanRequest, _registry_pb2.RolloutPlan]
+    """The deployment's active plan, else its most recent one (NOT_FOUND when it never had one)."""
+    PauseRolloutPlan: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RolloutPlanControlRequest, _registry_pb2.RolloutPlan]
+    ResumeRolloutPlan: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RolloutPlanControlRequest, _registry_pb2.RolloutPlan]
+    AbortRolloutPlan: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RolloutPlanControlRequest, _registry_pb2.RolloutPlan]
+    """Ends the plan and routes the deployment back to 100% its baseline version."""
     RecordBenchmarkRun: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RecordBenchmarkRunRequest, _registry_pb2.BenchmarkRun]
     """Performance store."""
     GetBenchmarkRun: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetBenchmarkRunRequest, _registry_pb2.BenchmarkRun]
@@ -133,6 +143,16 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """Live figures per deployment version and worker over a recent window, from the cumulative
     counters workers send with their heartbeats (requests/s, errors by code, latency percentiles).
     """
+    StartRolloutPlan: _aio.UnaryUnaryMultiCallable[_registry_pb2.StartRolloutPlanRequest, _registry_pb2.RolloutPlan]  # type: ignore[assignment]
+    """Progressive delivery: a plan that moves a canary's weight step by step while its guards hold
+    on the live figures, and rolls back at once when one fails. One plan per deployment at a time.
+    """
+    GetRolloutPlan: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetRolloutPlanRequest, _registry_pb2.RolloutPlan]  # type: ignore[assignment]
+    """The deployment's active plan, else its most recent one (NOT_FOUND when it never had one)."""
+    PauseRolloutPlan: _aio.UnaryUnaryMultiCallable[_registry_pb2.RolloutPlanControlRequest, _registry_pb2.RolloutPlan]  # type: ignore[assignment]
+    ResumeRolloutPlan: _aio.UnaryUnaryMultiCallable[_registry_pb2.RolloutPlanControlRequest, _registry_pb2.RolloutPlan]  # type: ignore[assignment]
+    AbortRolloutPlan: _aio.UnaryUnaryMultiCallable[_registry_pb2.RolloutPlanControlRequest, _registry_pb2.RolloutPlan]  # type: ignore[assignment]
+    """Ends the plan and routes the deployment back to 100% its baseline version."""
     RecordBenchmarkRun: _aio.UnaryUnaryMultiCallable[_registry_pb2.RecordBenchmarkRunRequest, _registry_pb2.BenchmarkRun]  # type: ignore[assignment]
     """Performance store."""
     GetBenchmarkRun: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetBenchmarkRunRequest, _registry_pb2.BenchmarkRun]  # type: ignore[assignment]
@@ -354,6 +374,46 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         """Live figures per deployment version and worker over a recent window, from the cumulative
         counters workers send with their heartbeats (requests/s, errors by code, latency percentiles).
         """
+
+    @_abc_1.abstractmethod
+    def StartRolloutPlan(
+        self,
+        request: _registry_pb2.StartRolloutPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RolloutPlan, _abc.Awaitable[_registry_pb2.RolloutPlan]]:
+        """Progressive delivery: a plan that moves a canary's weight step by step while its guards hold
+        on the live figures, and rolls back at once when one fails. One plan per deployment at a time.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRolloutPlan(
+        self,
+        request: _registry_pb2.GetRolloutPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RolloutPlan, _abc.Awaitable[_registry_pb2.RolloutPlan]]:
+        """The deployment's active plan, else its most recent one (NOT_FOUND when it never had one)."""
+
+    @_abc_1.abstractmethod
+    def PauseRolloutPlan(
+        self,
+        request: _registry_pb2.RolloutPlanControlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RolloutPlan, _abc.Awaitable[_registry_pb2.RolloutPlan]]: ...
+
+    @_abc_1.abstractmethod
+    def ResumeRolloutPlan(
+        self,
+        request: _registry_pb2.RolloutPlanControlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RolloutPlan, _abc.Awaitable[_registry_pb2.RolloutPlan]]: ...
+
+    @_abc_1.abstractmethod
+    def AbortRolloutPlan(
+        self,
+        request: _registry_pb2.RolloutPlanControlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RolloutPlan, _abc.Awaitable[_registry_pb2.RolloutPlan]]:
+        """Ends the plan and routes the deployment back to 100% its baseline version."""
 
     @_abc_1.abstractmethod
     def RecordBenchmarkRun(

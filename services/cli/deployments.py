@@ -1,5 +1,5 @@
 """`modelyard deployments`: create, list, set-routes, canary, promote, rollback, delete, check, status,
-history, watch."""
+history, watch (and the rollout plan commands of `cli/rollout.py`)."""
 
 from __future__ import annotations
 
@@ -397,7 +397,15 @@ def status_cmd(name: str, window_s: float, wait: bool, wait_timeout: float) -> N
 
     async def call(
         registry: RegistryClient,
-    ) -> tuple[rpb.Deployment, rpb.RolloutStatus, list[rpb.WorkerStatus], rpb.LiveMetrics | None]:
+    ) -> tuple[
+        rpb.Deployment,
+        rpb.RolloutStatus,
+        list[rpb.WorkerStatus],
+        rpb.LiveMetrics | None,
+        rpb.RolloutPlan | None,
+    ]:
+        from modelyard.cli.rollout import active_plan
+
         d = await registry.get_deployment(rpb.GetDeploymentRequest(name=name))
         wait_s = wait_timeout if wait else 0.0
         rollout = await wait_for_rollout(registry, name, d.revision, wait_s, ctx.timeout_s)
@@ -411,12 +419,12 @@ def status_cmd(name: str, window_s: float, wait: bool, wait_timeout: float) -> N
             )
         except Unimplemented:  # a registry from before live figures: the rest still stands
             live = None
-        return d, rollout, workers, live
+        return d, rollout, workers, live, await active_plan(registry, name)
 
     with spinner(ctx, f"reading {name}"):
-        d, rollout, workers, live = ctx.registry_call(call)
+        d, rollout, workers, live, plan = ctx.registry_call(call)
     if ctx.json:
-        ctx.emit_json({"deployment": d, "rollout": rollout, "workers": workers, "live": live})
+        ctx.emit_json({"deployment": d, "rollout": rollout, "workers": workers, "live": live, "plan": plan})
     else:
         key_values(
             ctx,
@@ -449,6 +457,10 @@ def status_cmd(name: str, window_s: float, wait: bool, wait_timeout: float) -> N
             )
         table(ctx, ["worker", "address", "state", "revision", "converged", "versions", "last seen"], rows)
         _print_live(ctx, d, live)
+        if plan is not None:
+            from modelyard.cli.rollout import print_plan
+
+            print_plan(ctx, plan)
     if wait and not rollout.converged:
         raise CliError(f"{name}: {rollout_text(rollout)} after {wait_timeout:g} s", EXIT_FAILED)
 

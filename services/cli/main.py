@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from modelyard.cli.context import DEFAULT_BENCHMARK, DEFAULT_REGISTRY, CliContext
@@ -66,6 +68,7 @@ def _register_commands() -> None:
         console_group,
     ):
         cli.add_command(command)
+    importlib.import_module("modelyard.cli.rollout")  # adds the rollout plan commands to `deployments`
 
 
 _register_commands()

@@ -188,6 +188,12 @@ def registry_group() -> None:
     help="Spacing of the kept counter snapshots (a window's start is found to within this).",
 )
 @click.option(
+    "--rollout-driver-interval-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="How often the replica driving rollout plans judges their guards.",
+)
+@click.option(
     "--startup-timeout-s", type=float, default=None, help="How long to wait for the database at start."
 )
 @click.option(

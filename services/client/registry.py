@@ -48,6 +48,11 @@ class _RegistryRpcs:
         "GetRolloutStatus", pb.GetRolloutStatusRequest, pb.RolloutStatus, idempotent=True
     )
     get_live_metrics = Unary("GetLiveMetrics", pb.GetLiveMetricsRequest, pb.LiveMetrics, idempotent=True)
+    start_rollout_plan = Unary("StartRolloutPlan", pb.StartRolloutPlanRequest, pb.RolloutPlan)
+    get_rollout_plan = Unary("GetRolloutPlan", pb.GetRolloutPlanRequest, pb.RolloutPlan, idempotent=True)
+    pause_rollout_plan = Unary("PauseRolloutPlan", pb.RolloutPlanControlRequest, pb.RolloutPlan)
+    resume_rollout_plan = Unary("ResumeRolloutPlan", pb.RolloutPlanControlRequest, pb.RolloutPlan)
+    abort_rollout_plan = Unary("AbortRolloutPlan", pb.RolloutPlanControlRequest, pb.RolloutPlan)
     record_benchmark_run = Unary("RecordBenchmarkRun", pb.RecordBenchmarkRunRequest, pb.BenchmarkRun)
     get_benchmark_run = Unary("GetBenchmarkRun", pb.GetBenchmarkRunRequest, pb.BenchmarkRun, idempotent=True)
     list_benchmark_runs = Unary(

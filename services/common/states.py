@@ -42,6 +42,20 @@ class RunStatus(StrEnum):
     FAILED = "failed"
 
 
+class PlanState(StrEnum):
+    """A rollout plan (protobuf `RolloutPlanState`); running and paused plans are active."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    ROLLED_BACK = "rolled_back"
+    ABORTED = "aborted"
+
+    @property
+    def active(self) -> bool:
+        return self in (PlanState.RUNNING, PlanState.PAUSED)
+
+
 class EventKind(StrEnum):
     """A deployment event on the broadcast (protobuf `WatchDeploymentsResponse.Kind`)."""
 
@@ -74,6 +88,15 @@ RUN_STATUS_TO_PB, RUN_STATUS_FROM_PB = _both_ways(
         RunStatus.RUNNING: pb.RUN_STATUS_RUNNING,
         RunStatus.SUCCEEDED: pb.RUN_STATUS_SUCCEEDED,
         RunStatus.FAILED: pb.RUN_STATUS_FAILED,
+    }
+)
+PLAN_STATE_TO_PB, PLAN_STATE_FROM_PB = _both_ways(
+    {
+        PlanState.RUNNING: pb.ROLLOUT_PLAN_RUNNING,
+        PlanState.PAUSED: pb.ROLLOUT_PLAN_PAUSED,
+        PlanState.SUCCEEDED: pb.ROLLOUT_PLAN_SUCCEEDED,
+        PlanState.ROLLED_BACK: pb.ROLLOUT_PLAN_ROLLED_BACK,
+        PlanState.ABORTED: pb.ROLLOUT_PLAN_ABORTED,
     }
 )
 EVENT_KIND_TO_PB: dict[str, pb.WatchDeploymentsResponse.Kind.ValueType] = {

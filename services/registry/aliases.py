@@ -125,6 +125,17 @@ class Aliases:
         self.broadcast.kick()
         return promotion
 
+    async def move_in(
+        self, conn: repo.Conn, model_id: str, alias: str, version: str, *, actor: str, reason: str
+    ) -> Promotion:
+        """Move `alias` to `version` without gates in the caller's transaction, its followers switched
+        (a rollout plan's promotion: its guards were the evidence). A follower whose consumers would
+        get another signature refuses it: only the plan's own deployment was acknowledged."""
+        return await self._move(
+            conn, model_id, alias, version, gates=[], gate_suite="", acknowledge_incompatible=False,
+            actor=actor, reason=reason,
+        )  # fmt: skip
+
     async def _move(
         self,
         conn: repo.Conn,

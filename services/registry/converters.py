@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from modelyard.api import registry_pb2 as pb
 from modelyard.common.errors import InvalidArgument
 from modelyard.common.states import (
+    PLAN_STATE_TO_PB,
     RUN_STATUS_FROM_PB,
     RUN_STATUS_TO_PB,
     VERSION_STATE_FROM_PB,
@@ -228,6 +229,49 @@ def live_counters_from_pb(c: pb.LiveCounters) -> d.LiveCounters:
             )
             for s in c.versions
         ],
+    )
+
+
+def plan_to_pb(p: d.RolloutPlan) -> pb.RolloutPlan:
+    judged = p.judgement
+    readings = {r.guard: r for r in judged.readings} if judged else {}
+    guards = []
+    for text in p.guards:
+        metric, op, threshold = text.split(" ")
+        r = readings.get(text)
+        guards.append(
+            pb.GuardReading(
+                guard=text,
+                metric=metric,
+                op=op,
+                threshold=float(threshold),
+                value=r.value if r else math.nan,
+                holds=bool(r and r.holds),
+                judged=bool(r and r.judged),
+            )
+        )
+    return pb.RolloutPlan(
+        plan_id=p.plan_id,
+        deployment=p.deployment,
+        model_id=p.model_id,
+        baseline_version=p.baseline,
+        candidate_version=p.candidate,
+        steps=p.steps,
+        step_index=p.step_index,
+        step_duration_s=p.step_duration_s,
+        min_requests=p.min_requests,
+        guards=guards,
+        state=PLAN_STATE_TO_PB[p.state],
+        step_started_at=to_timestamp(p.step_started_at),
+        created_at=to_timestamp(p.created_at),
+        created_by=p.created_by,
+        finished_at=to_timestamp(p.finished_at),
+        outcome=p.outcome,
+        candidate_requests=judged.candidate_requests if judged else 0,
+        baseline_requests=judged.baseline_requests if judged else 0,
+        window_s=judged.window_s if judged else 0.0,
+        judged_at=to_timestamp(judged.at if judged else None),
+        driver=judged.driver if judged else "",
     )
 
 

@@ -99,9 +99,20 @@ async def change_routes(
     acknowledge_incompatible: bool,
     actor: str,
     reason: str,
+    during_plan: bool = False,
 ) -> Deployment:
     """Route `current` (locked by the caller) to `routes` at the next revision, recorded. Refused
-    when a version with traffic changes the signature its consumers depend on, unless acknowledged."""
+    when a version with traffic changes the signature its consumers depend on, unless acknowledged,
+    and while a rollout plan drives the deployment's weights, unless the change is the plan's own
+    or only stages (`during_plan`)."""
+    if not during_plan:
+        plan = await repo.get_plan(conn, deployment=current.name, active_only=True)
+        if plan is not None:
+            raise FailedPrecondition(
+                f"a rollout plan ({plan.state}) drives {current.name}'s weights ({plan.baseline} -> "
+                f"{plan.candidate}, step {plan.step_index + 1} of {len(plan.steps)}); abort it first "
+                f"(`modelyard deployments rollout-abort {current.name}` routes back to {plan.baseline})"
+            )
     versions = await routable(conn, current.model_id, routes)
     signature = current.signature
     differences = []
@@ -264,6 +275,7 @@ class Deployments:
                 acknowledge_incompatible=False,
                 actor=actor,
                 reason=reason,
+                during_plan=True,  # weight 0 only: a plan keeps staged routes as they are
             )
         self.broadcast.kick()
         return updated

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelyard.common.modelspec import InferenceConfig, Signature, TensorSpec
-from modelyard.common.states import RunStatus, VersionStatus
+from modelyard.common.states import PlanState, RunStatus, VersionStatus
 
 MODEL_TYPES = ("text_embedding", "image_embedding", "captioning")
 
@@ -299,6 +299,57 @@ class ImportCounts:
     deployments: int = 0
     benchmark_runs: int = 0
     unchanged: int = 0
+
+
+@dataclass(frozen=True)
+class GuardReading:
+    """One guard at a judgement: `value` is NaN and `judged` false until there is enough evidence."""
+
+    guard: str  # normalised text, "p99_ratio <= 1.5"
+    metric: str
+    op: str
+    threshold: float
+    value: float = float("nan")
+    judged: bool = False
+    holds: bool = False
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A rollout plan's last look at the live figures of its step."""
+
+    readings: list[GuardReading]
+    candidate_requests: int
+    baseline_requests: int
+    window_s: float
+    at: dt.datetime
+    driver: str
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    plan_id: int
+    deployment: str
+    model_id: str
+    baseline: str
+    candidate: str
+    steps: list[int]
+    step_index: int
+    step_duration_s: float
+    min_requests: int
+    guards: list[str]  # normalised guard texts, parsed by `guards.parse_guard`
+    state: PlanState
+    step_started_at: dt.datetime
+    created_by: str
+    created_at: dt.datetime
+    finished_at: dt.datetime | None = None
+    outcome: str = ""
+    judgement: Judgement | None = None
+
+    @property
+    def weight(self) -> int:
+        """The candidate's weight at the current step, percent."""
+        return self.steps[self.step_index]
 
 
 def to_json(value: Any) -> Any:

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from modelyard.common.errors import AlreadyExists, NotFound
+from modelyard.common.states import PlanState
 from modelyard.registry.db import Conn
 from modelyard.registry.domain import (
     Alias,
@@ -20,7 +21,9 @@ from modelyard.registry.domain import (
     Deployment,
     DeploymentEvent,
     DeploymentStatus,
+    GuardReading,
     InferenceConfig,
+    Judgement,
     Lineage,
     LiveCounters,
     LiveWindow,
@@ -28,6 +31,7 @@ from modelyard.registry.domain import (
     Metric,
     Model,
     ModelVersion,
+    RolloutPlan,
     Route,
     SeriesCounters,
     Signature,
@@ -817,6 +821,149 @@ async def version_metrics(conn: Conn, *, model_id: str, version: str, suite: str
         VersionMetric(r["name"], r["value"], r["unit"], r["run_id"], r["suite"], r["recorded_at"])
         for r in rows
     ]
+
+
+# ---- rollout plans ------------------------------------------------------------------------------
+
+_ACTIVE = (PlanState.RUNNING.value, PlanState.PAUSED.value)
+
+
+def _judgement_json(judgement: Judgement | None) -> dict[str, Any]:
+    if judgement is None:
+        return {}
+    data = to_json(judgement)
+    # JSON has no NaN: a value not judged yet is stored as null.
+    for reading in data["readings"]:
+        if reading["value"] != reading["value"]:
+            reading["value"] = None
+    return data
+
+
+def _judgement(data: dict[str, Any]) -> Judgement | None:
+    if not data:
+        return None
+    readings = [
+        GuardReading(**{**r, "value": float("nan") if r["value"] is None else float(r["value"])})
+        for r in data["readings"]
+    ]
+    return Judgement(
+        readings=readings,
+        candidate_requests=int(data["candidate_requests"]),
+        baseline_requests=int(data["baseline_requests"]),
+        window_s=float(data["window_s"]),
+        at=dt.datetime.fromisoformat(data["at"]),
+        driver=str(data["driver"]),
+    )
+
+
+def _plan(row: asyncpg.Record) -> RolloutPlan:
+    return RolloutPlan(
+        plan_id=row["plan_id"],
+        deployment=row["deployment"],
+        model_id=row["model_id"],
+        baseline=row["baseline"],
+        candidate=row["candidate"],
+        steps=list(row["steps"]),
+        step_index=row["step_index"],
+        step_duration_s=row["step_duration_s"],
+        min_requests=row["min_requests"],
+        guards=list(row["guards"]),
+        state=PlanState(row["state"]),
+        step_started_at=row["step_started_at"],
+        created_by=row["created_by"],
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+        outcome=row["outcome"],
+        judgement=_judgement(row["judgement"]),
+    )
+
+
+async def insert_plan(conn: Conn, *, plan: RolloutPlan) -> RolloutPlan:
+    """A new running plan; a deployment with an active one already is refused (unique index)."""
+    try:
+        row = await conn.fetchrow(
+            "INSERT INTO rollout_plans (deployment, model_id, baseline, candidate, steps, step_duration_s,"
+            " min_requests, guards, state, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            " RETURNING *",
+            plan.deployment,
+            plan.model_id,
+            plan.baseline,
+            plan.candidate,
+            plan.steps,
+            plan.step_duration_s,
+            plan.min_requests,
+            plan.guards,
+            plan.state.value,
+            plan.created_by,
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise AlreadyExists(
+            f"deployment {plan.deployment} already has an active rollout plan; pause, resume or abort it "
+            f"(`modelyard deployments rollout-status {plan.deployment}`)"
+        ) from exc
+    return _plan(_returned(row, f"rollout plan of {plan.deployment}"))
+
+
+async def get_plan(
+    conn: Conn, *, deployment: str, active_only: bool = False, for_update: bool = False
+) -> RolloutPlan | None:
+    """The deployment's active plan, else (unless `active_only`) its newest one."""
+    lock = " FOR UPDATE" if for_update else ""
+    row = await conn.fetchrow(
+        "SELECT * FROM rollout_plans WHERE deployment = $1 AND ($2 OR state = ANY($3::text[]))"
+        f" ORDER BY state = ANY($3::text[]) DESC, plan_id DESC LIMIT 1{lock}",
+        deployment,
+        not active_only,
+        list(_ACTIVE),
+    )
+    return _plan(row) if row else None
+
+
+async def running_plans(conn: Conn) -> list[RolloutPlan]:
+    rows = await conn.fetch("SELECT * FROM rollout_plans WHERE state = 'running' ORDER BY plan_id")
+    return [_plan(r) for r in rows]
+
+
+async def lock_plan(conn: Conn, *, plan_id: int) -> RolloutPlan | None:
+    row = await conn.fetchrow("SELECT * FROM rollout_plans WHERE plan_id = $1 FOR UPDATE", plan_id)
+    return _plan(row) if row else None
+
+
+async def update_plan(
+    conn: Conn,
+    *,
+    plan_id: int,
+    state: PlanState,
+    step_index: int,
+    new_step: bool,
+    outcome: str,
+    judgement: Judgement | None,
+) -> RolloutPlan:
+    """Store where the plan stands; `new_step` restarts the step's clock; an ended state is stamped."""
+    row = await conn.fetchrow(
+        "UPDATE rollout_plans SET state = $2, step_index = $3,"
+        " step_started_at = CASE WHEN $4 THEN now() ELSE step_started_at END,"
+        " outcome = $5, judgement = CASE WHEN $6::jsonb = '{}'::jsonb THEN judgement ELSE $6::jsonb END,"
+        " finished_at = CASE WHEN $2 = ANY($7::text[]) THEN NULL ELSE now() END"
+        " WHERE plan_id = $1 RETURNING *",
+        plan_id,
+        state.value,
+        step_index,
+        new_step,
+        outcome,
+        _judgement_json(judgement),
+        list(_ACTIVE),
+    )
+    return _plan(_returned(row, f"rollout plan {plan_id}"))
+
+
+async def record_judgement(conn: Conn, *, plan_id: int, judgement: Judgement) -> None:
+    """A judgement that changed nothing (the plan waits): stored only while the plan still runs."""
+    await conn.execute(
+        "UPDATE rollout_plans SET judgement = $2 WHERE plan_id = $1 AND state = 'running'",
+        plan_id,
+        _judgement_json(judgement),
+    )
 
 
 # ---- export -------------------------------------------------------------------------------------

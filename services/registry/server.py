@@ -16,6 +16,7 @@ from modelyard.common.server import GrpcServer, freeze_startup_objects, wait_for
 from modelyard.registry.broadcast import DeploymentBroadcast
 from modelyard.registry.db import CONNECTION_ERRORS, Database, migrate
 from modelyard.registry.embedded import EmbeddedPostgres
+from modelyard.registry.rollout_plans import PlanDriver
 from modelyard.registry.service import Registry
 from modelyard.registry.servicer import POLICY, RegistryServicer
 from modelyard.registry.settings import RegistrySettings
@@ -45,6 +46,8 @@ class RegistryServer:
         self.database_url = settings.database_url
         self.embedded: EmbeddedPostgres | None = None
         self._rollout_task: asyncio.Task[None] | None = None
+        self._driver_task: asyncio.Task[None] | None = None
+        self.driver: PlanDriver | None = None
         self._supervisor: asyncio.Task[None] | None = None
 
     @property
@@ -90,6 +93,10 @@ class RegistryServer:
         await self.grpc.start()
         await self.grpc.set_serving(True)
         self._rollout_task = asyncio.create_task(self._export_rollouts(registry), name="rollout-gauge")
+        self.driver = PlanDriver(
+            registry.plans, self.database_url, interval_s=self.settings.rollout_driver_interval_s
+        )
+        self._driver_task = asyncio.create_task(self.driver.run(), name="rollout-plan-driver")
         if self.embedded is not None:
             self._supervisor = asyncio.create_task(
                 self._supervise_database(self.embedded, self.grpc, self.db, self.broadcast),
@@ -192,7 +199,7 @@ class RegistryServer:
                 delay = min(delay * 2, 5.0)
 
     async def stop(self) -> None:
-        for task in (self._supervisor, self._rollout_task):
+        for task in (self._driver_task, self._supervisor, self._rollout_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -12,6 +12,7 @@ from modelyard.registry.db import Database
 from modelyard.registry.deployments import Deployments
 from modelyard.registry.live_metrics import LiveEvidence
 from modelyard.registry.performance import Performance
+from modelyard.registry.rollout_plans import RolloutPlans
 from modelyard.registry.rollouts import Rollouts
 from modelyard.registry.transfer import Transfer
 
@@ -48,6 +49,7 @@ class Registry:
             live_sample_interval_s=live_sample_interval_s,
         )
         self.live = LiveEvidence(db, heartbeat_ttl_s=heartbeat_ttl_s, live_window_s=live_window_s)
+        self.plans = RolloutPlans(db, broadcast, self.live, self.aliases, heartbeat_ttl_s=heartbeat_ttl_s)
         self.performance = Performance(db)
         self.transfer = Transfer(db, broadcast, roots)
         self.history = History(db)

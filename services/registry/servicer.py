@@ -36,6 +36,7 @@ READ_METHODS = (
     "ListAuditEvents",
     "ListWorkers",
     "GetRolloutStatus",
+    "GetRolloutPlan",
     "GetBenchmarkRun",
     "ListBenchmarkRuns",
     "GetVersionMetrics",
@@ -313,6 +314,41 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def GetLiveMetrics(self, request: pb.GetLiveMetricsRequest, context: Ctx) -> pb.LiveMetrics:
         metrics = await self.registry.live.live_metrics(request.deployment, window_s=request.window_s)
         return cv.live_metrics_to_pb(metrics)
+
+    async def StartRolloutPlan(self, request: pb.StartRolloutPlanRequest, context: Ctx) -> pb.RolloutPlan:
+        plan = await self.registry.plans.start(
+            request.deployment,
+            request.version,
+            steps=list(request.steps),
+            step_duration_s=request.step_duration_s,
+            guards=list(request.guards),
+            min_requests=request.min_requests,
+            acknowledge_incompatible=request.acknowledge_incompatible,
+            actor=current_actor(),
+            reason=request.reason,
+        )
+        return cv.plan_to_pb(plan)
+
+    async def GetRolloutPlan(self, request: pb.GetRolloutPlanRequest, context: Ctx) -> pb.RolloutPlan:
+        return cv.plan_to_pb(await self.registry.plans.get(request.deployment))
+
+    async def PauseRolloutPlan(self, request: pb.RolloutPlanControlRequest, context: Ctx) -> pb.RolloutPlan:
+        plans = self.registry.plans
+        return cv.plan_to_pb(
+            await plans.pause(request.deployment, actor=current_actor(), reason=request.reason)
+        )
+
+    async def ResumeRolloutPlan(self, request: pb.RolloutPlanControlRequest, context: Ctx) -> pb.RolloutPlan:
+        plans = self.registry.plans
+        return cv.plan_to_pb(
+            await plans.resume(request.deployment, actor=current_actor(), reason=request.reason)
+        )
+
+    async def AbortRolloutPlan(self, request: pb.RolloutPlanControlRequest, context: Ctx) -> pb.RolloutPlan:
+        plans = self.registry.plans
+        return cv.plan_to_pb(
+            await plans.abort(request.deployment, actor=current_actor(), reason=request.reason)
+        )
 
     async def RecordBenchmarkRun(
         self, request: pb.RecordBenchmarkRunRequest, context: Ctx

@@ -62,6 +62,12 @@ class RegistrySettings(ServerSettings):
         description="Spacing of the kept counter snapshots: every heartbeat replaces a worker's newest "
         "counters, and one per interval joins its history, so a window's start is found to within this.",
     )
+    rollout_driver_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often the replica driving rollout plans judges each running plan's guards on "
+        "the live figures (and how often the others try to take over the driver lock).",
+    )
     artifact_roots: ArtifactRootsSetting = Field(
         default_factory=default_artifact_roots,
         validation_alias=AliasChoices(ARTIFACT_ROOTS_ENV),

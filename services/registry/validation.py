@@ -150,14 +150,19 @@ class Gate:
         return _OPS[self.op](observed, self.threshold)
 
 
-def parse_gate(text: str) -> Gate:
+def parse_comparison(text: str, *, what: str, example: str) -> Gate:
+    """`metric op number`, as gates and rollout guards are written."""
     match = _GATE.match(text)
-    if not match:
+    if not match or not math.isfinite(float(match.group(3))):
         raise InvalidArgument(
-            f"invalid gate {text!r}: write `metric op number`, e.g. `recall@10 >= 0.80` "
+            f"invalid {what} {text!r}: write `metric op number`, e.g. `{example}` "
             "(op is one of >=, >, <=, <, ==)"
         )
     return Gate(text.strip(), match.group(1), match.group(2), float(match.group(3)))
+
+
+def parse_gate(text: str) -> Gate:
+    return parse_comparison(text, what="gate", example="recall@10 >= 0.80")
 
 
 # Series one heartbeat may carry: far above what a worker loads, low enough that a bad report cannot

@@ -1,0 +1,144 @@
+"""Rollout guards: what a step of a rollout plan must show on the live figures before the canary's
+weight moves on, and the verdict over one window (pure functions: `rollout_plans` reads the figures
+and acts on the verdict)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from modelyard.common.errors import InvalidArgument
+from modelyard.registry.domain import GuardReading, LiveFigures
+from modelyard.registry.validation import Gate, parse_comparison
+
+# The caller's mistake, not the version's: never counted against a candidate.
+NOT_THE_VERSIONS_FAULT = frozenset({"INVALID_ARGUMENT"})
+
+
+def served(f: LiveFigures) -> int:
+    """Requests the version is answerable for: all but those refused for the caller's input."""
+    return f.requests - sum(n for code, n in f.errors.items() if code in NOT_THE_VERSIONS_FAULT)
+
+
+def error_rate(f: LiveFigures) -> float:
+    """Failed requests (other than bad input) over the requests the version is answerable for."""
+    failed = sum(n for code, n in f.errors.items() if code not in NOT_THE_VERSIONS_FAULT)
+    total = served(f)
+    return failed / total if total > 0 else math.nan
+
+
+def _percentile(name: str) -> Callable[[LiveFigures], float]:
+    def read(f: LiveFigures) -> float:
+        return float(getattr(f, name)) if sum(f.buckets) > 0 else math.nan
+
+    return read
+
+
+def _ratio(read: Callable[[LiveFigures], float]) -> Callable[[LiveFigures, LiveFigures], float]:
+    def ratio(candidate: LiveFigures, baseline: LiveFigures) -> float:
+        below = read(baseline)
+        return read(candidate) / below if below > 0 else math.nan
+
+    return ratio
+
+
+def _delta(candidate: LiveFigures, baseline: LiveFigures) -> float:
+    return error_rate(candidate) - error_rate(baseline)
+
+
+# Metrics of the candidate alone, and metrics against the baseline over the same window.
+CANDIDATE_METRICS: dict[str, Callable[[LiveFigures], float]] = {
+    "error_rate": error_rate,
+    "p50_ms": _percentile("p50_ms"),
+    "p95_ms": _percentile("p95_ms"),
+    "p99_ms": _percentile("p99_ms"),
+}
+RELATIVE_METRICS: dict[str, Callable[[LiveFigures, LiveFigures], float]] = {
+    "p50_ratio": _ratio(_percentile("p50_ms")),
+    "p95_ratio": _ratio(_percentile("p95_ms")),
+    "p99_ratio": _ratio(_percentile("p99_ms")),
+    "error_rate_delta": _delta,
+}
+METRICS = (*CANDIDATE_METRICS, *RELATIVE_METRICS)
+MAX_GUARDS = 16
+
+
+def parse_guard(text: str) -> Gate:
+    guard = parse_comparison(text, what="guard", example="p99_ratio <= 1.5")
+    if guard.metric == "drift":
+        raise InvalidArgument(
+            f"guard on drift: this registry does not compute drift scores yet; guard on {', '.join(METRICS)}"
+        )
+    if guard.metric not in METRICS:
+        raise InvalidArgument(
+            f"unknown guard metric {guard.metric!r} in {text!r}; known: {', '.join(METRICS)}"
+        )
+    return Gate(f"{guard.metric} {guard.op} {guard.threshold:g}", guard.metric, guard.op, guard.threshold)
+
+
+def parse_guards(texts: Sequence[str]) -> list[Gate]:
+    if len(texts) > MAX_GUARDS:
+        raise InvalidArgument(f"{len(texts)} guards are more than {MAX_GUARDS}")
+    guards = [parse_guard(t) for t in texts]
+    seen: set[str] = set()
+    for guard in guards:
+        if guard.text in seen:
+            raise InvalidArgument(f"guard `{guard.text}` is given twice")
+        seen.add(guard.text)
+    return guards
+
+
+class Decision(StrEnum):
+    WAIT = "wait"  # not enough evidence yet, or the step's time is not up
+    ADVANCE = "advance"  # every guard held over the step's whole duration
+    ROLL_BACK = "roll_back"  # a guard failed
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: Decision
+    readings: list[GuardReading]
+    failed: GuardReading | None = None
+
+
+def judge(
+    guards: Sequence[Gate],
+    candidate: LiveFigures,
+    baseline: LiveFigures,
+    *,
+    min_requests: int,
+    step_elapsed_s: float,
+    step_duration_s: float,
+) -> Verdict:
+    """A guard is judged once the candidate served `min_requests` in the window (a relative one also
+    needs `min_requests` from the baseline, so a ratio never rests on a handful of requests); the
+    first judged guard that fails rolls back at once, whatever the step's time. The step advances
+    when its time is up and every guard was judged and held."""
+    enough = served(candidate) >= min_requests
+    enough_baseline = enough and served(baseline) >= min_requests
+    readings = []
+    for guard in guards:
+        if guard.metric in CANDIDATE_METRICS:
+            value = CANDIDATE_METRICS[guard.metric](candidate) if enough else math.nan
+        else:
+            value = RELATIVE_METRICS[guard.metric](candidate, baseline) if enough_baseline else math.nan
+        judged = not math.isnan(value)
+        readings.append(
+            GuardReading(
+                guard=guard.text,
+                metric=guard.metric,
+                op=guard.op,
+                threshold=guard.threshold,
+                value=value,
+                judged=judged,
+                holds=judged and guard.passes(value),
+            )
+        )
+    failed = next((r for r in readings if r.judged and not r.holds), None)
+    if failed is not None:
+        return Verdict(Decision.ROLL_BACK, readings, failed)
+    if enough and step_elapsed_s >= step_duration_s and all(r.judged for r in readings):
+        return Verdict(Decision.ADVANCE, readings)
+    return Verdict(Decision.WAIT, readings)

@@ -1,0 +1,183 @@
+"""Rollout plans on real evidence: a registry on real PostgreSQL, a real worker process serving the
+real MiniLM under steady closed-loop load, and the plan judged on the live figures the worker's
+heartbeats carry. A good version (int8 after fp32) steps to 100% with 0 failed requests; a version
+that answers 250 ms slower and one that fails every third forward pass (tests/fault_loader.py: the
+same weights and signature) are rolled back within their first step, the guard named."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from registry_support import Stub
+from support import REPO_ROOT, ServerProcess
+from worker_support import registry_version
+
+from modelyard.api import registry_pb2 as rpb
+from modelyard.client import InferenceClient, ModelyardError, RegistryClient
+from modelyard.client.channel import open_channel
+from modelyard.registry.server import RegistryServer
+from modelyard.registry.settings import RegistrySettings
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+SENTENCES = [
+    "the cat sat on the mat",
+    "a rollout plan moves the canary's weight step by step",
+    "guards hold over each step's window, or the registry rolls back at once",
+    "embeddings map sentences to vectors of three hundred and eighty four numbers",
+]
+GUARDS = ["error_rate <= 0.01", "p99_ratio <= 1.5"]
+
+
+@dataclass
+class Load:
+    """Closed-loop clients of `text`; every failure is counted by status code."""
+
+    address: str
+    versions: Counter[str] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def client(self, index: int) -> None:
+        async with InferenceClient(self.address) as worker:
+            n = index
+            while not self.stop.is_set():
+                n += 1
+                try:
+                    answer = await worker.embed_texts("text", [SENTENCES[n % len(SENTENCES)]])
+                except ModelyardError as error:
+                    self.failures[error.code.name] += 1
+                    continue
+                self.versions[answer.version] += 1
+
+
+@contextlib.asynccontextmanager
+async def load(address: str, clients: int = 4) -> AsyncIterator[Load]:
+    running = Load(address)
+    tasks = [asyncio.create_task(running.client(i)) for i in range(clients)]
+    try:
+        yield running
+    finally:
+        running.stop.set()
+        await asyncio.gather(*tasks)
+
+
+def faulty_copy(minilm: Path, target: Path, **faults: float) -> Path:
+    shutil.copytree(minilm, target)
+    (target / "faults.json").write_text(json.dumps(faults))
+    return target
+
+
+async def run_plan(client: RegistryClient, version: str, step_duration_s: float) -> rpb.RolloutPlan:
+    await client.start_rollout_plan(
+        rpb.StartRolloutPlanRequest(
+            deployment="text",
+            version=version,
+            steps=[25, 50, 100],
+            step_duration_s=step_duration_s,
+            guards=GUARDS,
+            min_requests=30,
+        )
+    )
+    deadline = time.monotonic() + 240
+    while True:
+        plan = await client.get_rollout_plan(rpb.GetRolloutPlanRequest(deployment="text"))
+        if plan.state not in (rpb.ROLLOUT_PLAN_RUNNING, rpb.ROLLOUT_PLAN_PAUSED):
+            return plan
+        assert time.monotonic() < deadline, plan
+        await asyncio.sleep(0.2)
+
+
+async def test_good_versions_roll_out_and_bad_ones_roll_back_on_live_evidence(
+    database_url: str, minilm_dir: Path, tmp_path: Path
+) -> None:
+    slow = faulty_copy(minilm_dir, tmp_path / "slow", delay_s=0.25)
+    failing = faulty_copy(minilm_dir, tmp_path / "failing", fail_every=3)
+    versions = [
+        registry_version(minilm_dir, "1.0.0", model_id="minilm"),
+        registry_version(minilm_dir, "1.1.0", model_id="minilm", quantization="int8-dynamic"),
+        registry_version(slow, "1.2.0", model_id="minilm", loader="faulty-sentence-transformers"),
+        registry_version(failing, "1.3.0", model_id="minilm", loader="faulty-sentence-transformers"),
+    ]
+    server = RegistryServer(
+        RegistrySettings(
+            database_url=database_url, host="127.0.0.1", port=0, metrics_port=None, poll_interval_s=0.5,
+            grace_period_s=1.0, heartbeat_interval_ms=200, heartbeat_ttl_s=3.0, live_window_s=60.0,
+            live_sample_interval_s=0.5, rollout_driver_interval_s=0.25,
+        )
+    )  # fmt: skip
+    await server.start()
+    worker: ServerProcess | None = None
+    try:
+        async with open_channel(server.address) as channel:
+            stub = Stub(channel)
+            for v in versions:
+                await stub.RegisterVersion(
+                    rpb.RegisterVersionRequest(version=v, create_model=True, model_type=rpb.TEXT_EMBEDDING)
+                )
+            await stub.CreateDeployment(
+                rpb.CreateDeploymentRequest(
+                    name="text", model_id="minilm", routes=[rpb.Route(version="1.0.0", weight=100)]
+                )
+            )
+        worker = ServerProcess(
+            [
+                str(REPO_ROOT / "tests" / "fault_worker.py"), "--port", "0", "--metrics-port", "0",
+                "--registry", server.address, "--deployment", "text", "--cache-dir", str(tmp_path / "cache"),
+                "--grace-period-s", "5",
+            ],
+            timeout=180,
+        )  # fmt: skip
+        async with RegistryClient(server.address) as client:
+            async with InferenceClient(worker.address) as probe:
+                deadline = time.monotonic() + 180
+                while True:
+                    with contextlib.suppress(ModelyardError):
+                        if (await probe.embed_texts("text", ["ready?"])).version == "1.0.0":
+                            break
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.2)
+
+            # A good version: steps to 100% by itself, nothing fails.
+            async with load(worker.address) as steady:
+                good = await run_plan(client, "1.1.0", step_duration_s=4.0)
+                await asyncio.sleep(1.0)  # requests after the promotion
+            assert good.state == rpb.ROLLOUT_PLAN_SUCCEEDED, good.outcome
+            assert steady.failures == Counter(), steady.failures
+            assert steady.versions["1.1.0"] > 0 and steady.versions["1.0.0"] > 0
+            events = (await client.list_audit_events(rpb.ListAuditEventsRequest(page_size=100))).events
+            actions = sorted((e.id, e.action) for e in events if e.action.startswith("rollout."))
+            assert [a for _, a in actions] == ["rollout.start", "rollout.step", "rollout.promote"]
+
+            # Slower by 250 ms a pass: the p99 ratio fails within the first (60 s) step.
+            async with load(worker.address) as under_slow:
+                started = time.monotonic()
+                slowed = await run_plan(client, "1.2.0", step_duration_s=60.0)
+                took = time.monotonic() - started
+            assert slowed.state == rpb.ROLLOUT_PLAN_ROLLED_BACK, slowed.outcome
+            assert slowed.step_index == 0 and took < 60, took
+            assert "guard `p99_ratio <= 1.5` failed" in slowed.outcome, slowed.outcome
+            assert under_slow.failures == Counter(), "a slow version fails nothing, it is only slow"
+
+            # Every third pass fails: the error rate fails within the first step.
+            async with load(worker.address) as under_failing:
+                broken = await run_plan(client, "1.3.0", step_duration_s=60.0)
+            assert broken.state == rpb.ROLLOUT_PLAN_ROLLED_BACK, broken.outcome
+            assert broken.step_index == 0
+            assert "guard `error_rate <= 0.01` failed" in broken.outcome, broken.outcome
+            assert set(under_failing.failures) == {"INTERNAL"}, under_failing.failures
+            deployment = await client.get_deployment(rpb.GetDeploymentRequest(name="text"))
+            assert [(r.version, r.weight) for r in deployment.routes] == [("1.1.0", 100)]
+    finally:
+        if worker is not None:
+            worker.kill()
+        await server.stop()
