@@ -1790,6 +1790,7 @@ class VersionCounters(_message.Message):
     ERRORS_FIELD_NUMBER: _builtins.int
     LATENCY_BUCKETS_FIELD_NUMBER: _builtins.int
     LATENCY_SUM_S_FIELD_NUMBER: _builtins.int
+    DRIFT_FIELD_NUMBER: _builtins.int
     deployment: _builtins.str
     version: _builtins.str
     since_s: _builtins.float
@@ -1814,6 +1815,10 @@ class VersionCounters(_message.Message):
         modelyard_request_duration_seconds; GetLiveMetrics returns them.
         """
 
+    @_builtins.property
+    def drift(self) -> _containers.RepeatedCompositeFieldContainer[Global___DriftCounts]:
+        """Drift summaries, one per signal, once the deployment's reference on this worker is complete."""
+
     def __init__(
         self,
         *,
@@ -1825,14 +1830,49 @@ class VersionCounters(_message.Message):
         errors: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         latency_buckets: _abc.Iterable[_builtins.int] | None = ...,
         latency_sum_s: _builtins.float = ...,
+        drift: _abc.Iterable[Global___DriftCounts] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "errors", b"errors", "items", b"items", "latency_buckets", b"latency_buckets", "latency_sum_s", b"latency_sum_s", "requests", b"requests", "since_s", b"since_s", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "drift", b"drift", "errors", b"errors", "items", b"items", "latency_buckets", b"latency_buckets", "latency_sum_s", b"latency_sum_s", "requests", b"requests", "since_s", b"since_s", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VersionCounters: _TypeAlias = VersionCounters  # noqa: Y015
+
+@_typing.final
+class DriftCounts(_message.Message):
+    """One drift signal of one version on one worker (bins: modelyard.common.drift, DRIFT_BINS each)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
+    signal: _builtins.str
+    """output_cosine, input_size or caption_length."""
+    @_builtins.property
+    def reference(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The deployment's reference histogram on this worker (fixed once taken)."""
+
+    @_builtins.property
+    def live(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Items of this series binned since the reference was complete, cumulative."""
+
+    def __init__(
+        self,
+        *,
+        signal: _builtins.str = ...,
+        reference: _abc.Iterable[_builtins.int] | None = ...,
+        live: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["live", b"live", "reference", b"reference", "signal", b"signal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DriftCounts: _TypeAlias = DriftCounts  # noqa: Y015
 
 @_typing.final
 class ReportStatusRequest(_message.Message):
@@ -1995,6 +2035,46 @@ class LiveFigures(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class DriftEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class DriftItemsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     REQUESTS_PER_S_FIELD_NUMBER: _builtins.int
     ITEMS_PER_S_FIELD_NUMBER: _builtins.int
     ERROR_RATE_FIELD_NUMBER: _builtins.int
@@ -2010,6 +2090,8 @@ class LiveFigures(_message.Message):
     WINDOW_S_FIELD_NUMBER: _builtins.int
     WINDOW_START_FIELD_NUMBER: _builtins.int
     WINDOW_END_FIELD_NUMBER: _builtins.int
+    DRIFT_FIELD_NUMBER: _builtins.int
+    DRIFT_ITEMS_FIELD_NUMBER: _builtins.int
     requests_per_s: _builtins.float
     items_per_s: _builtins.float
     error_rate: _builtins.float
@@ -2042,6 +2124,17 @@ class LiveFigures(_message.Message):
     def window_start(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def window_end(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def drift(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Drift score per signal over the window: the Jensen-Shannon distance (0..1) between the items
+        binned in the window and the reference (summed over workers); only signals with at least 100
+        items in the window (modelyard.common.drift.MIN_DRIFT_ITEMS).
+        """
+
+    @_builtins.property
+    def drift_items(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Items binned in the window per signal, scored or not."""
+
     def __init__(
         self,
         *,
@@ -2060,10 +2153,12 @@ class LiveFigures(_message.Message):
         window_s: _builtins.float = ...,
         window_start: _timestamp_pb2.Timestamp | None = ...,
         window_end: _timestamp_pb2.Timestamp | None = ...,
+        drift: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        drift_items: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_rate", b"error_rate", "errors", b"errors", "items", b"items", "items_per_s", b"items_per_s", "latency_buckets", b"latency_buckets", "mean_ms", b"mean_ms", "p50_ms", b"p50_ms", "p95_ms", b"p95_ms", "p99_ms", b"p99_ms", "requests", b"requests", "requests_per_s", b"requests_per_s", "samples", b"samples", "window_end", b"window_end", "window_s", b"window_s", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drift", b"drift", "drift_items", b"drift_items", "error_rate", b"error_rate", "errors", b"errors", "items", b"items", "items_per_s", b"items_per_s", "latency_buckets", b"latency_buckets", "mean_ms", b"mean_ms", "p50_ms", b"p50_ms", "p95_ms", b"p95_ms", "p99_ms", b"p99_ms", "requests", b"requests", "requests_per_s", b"requests_per_s", "samples", b"samples", "window_end", b"window_end", "window_s", b"window_s", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2210,6 +2305,7 @@ class StartRolloutPlanRequest(_message.Message):
     MIN_REQUESTS_FIELD_NUMBER: _builtins.int
     ACKNOWLEDGE_INCOMPATIBLE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    WARMUP_S_FIELD_NUMBER: _builtins.int
     deployment: _builtins.str
     version: _builtins.str
     """The candidate; the baseline is the version that carries 100% of the traffic now."""
@@ -2219,6 +2315,10 @@ class StartRolloutPlanRequest(_message.Message):
     """Candidate requests a step's window needs before its guards are judged at all."""
     acknowledge_incompatible: _builtins.bool
     reason: _builtins.str
+    warmup_s: _builtins.float
+    """Seconds at the start of each step whose requests are not judged (a version just loaded may run
+    its first requests cold); less than step_duration_s. Also delays a rollback by as much.
+    """
     @_builtins.property
     def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Candidate weights in percent, strictly increasing, ending at 100 (e.g. 5, 25, 50, 100)."""
@@ -2240,10 +2340,11 @@ class StartRolloutPlanRequest(_message.Message):
         min_requests: _builtins.int = ...,
         acknowledge_incompatible: _builtins.bool = ...,
         reason: _builtins.str = ...,
+        warmup_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_incompatible", b"acknowledge_incompatible", "deployment", b"deployment", "guards", b"guards", "min_requests", b"min_requests", "reason", b"reason", "step_duration_s", b"step_duration_s", "steps", b"steps", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_incompatible", b"acknowledge_incompatible", "deployment", b"deployment", "guards", b"guards", "min_requests", b"min_requests", "reason", b"reason", "step_duration_s", b"step_duration_s", "steps", b"steps", "version", b"version", "warmup_s", b"warmup_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2357,6 +2458,7 @@ class RolloutPlan(_message.Message):
     WINDOW_S_FIELD_NUMBER: _builtins.int
     JUDGED_AT_FIELD_NUMBER: _builtins.int
     DRIVER_FIELD_NUMBER: _builtins.int
+    WARMUP_S_FIELD_NUMBER: _builtins.int
     plan_id: _builtins.int
     deployment: _builtins.str
     model_id: _builtins.str
@@ -2376,12 +2478,14 @@ class RolloutPlan(_message.Message):
     window_s: _builtins.float
     driver: _builtins.str
     """The registry replica that last judged it."""
+    warmup_s: _builtins.float
     @_builtins.property
     def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
     def guards(self) -> _containers.RepeatedCompositeFieldContainer[Global___GuardReading]:
         """Metrics: error_rate (candidate failures other than INVALID_ARGUMENT / requests), p50_ms,
-        p95_ms, p99_ms (candidate), p50_ratio, p95_ratio, p99_ratio (candidate / baseline over the same
+        p95_ms, p99_ms (candidate), drift (the candidate's largest drift score over its signals, see
+        LiveFigures.drift), p50_ratio, p95_ratio, p99_ratio (candidate / baseline over the same
         window), error_rate_delta (candidate error_rate minus the baseline's).
         """
 
@@ -2417,10 +2521,11 @@ class RolloutPlan(_message.Message):
         window_s: _builtins.float = ...,
         judged_at: _timestamp_pb2.Timestamp | None = ...,
         driver: _builtins.str = ...,
+        warmup_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "judged_at", b"judged_at", "step_started_at", b"step_started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_requests", b"baseline_requests", "baseline_version", b"baseline_version", "candidate_requests", b"candidate_requests", "candidate_version", b"candidate_version", "created_at", b"created_at", "created_by", b"created_by", "deployment", b"deployment", "driver", b"driver", "finished_at", b"finished_at", "guards", b"guards", "judged_at", b"judged_at", "min_requests", b"min_requests", "model_id", b"model_id", "outcome", b"outcome", "plan_id", b"plan_id", "state", b"state", "step_duration_s", b"step_duration_s", "step_index", b"step_index", "step_started_at", b"step_started_at", "steps", b"steps", "window_s", b"window_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_requests", b"baseline_requests", "baseline_version", b"baseline_version", "candidate_requests", b"candidate_requests", "candidate_version", b"candidate_version", "created_at", b"created_at", "created_by", b"created_by", "deployment", b"deployment", "driver", b"driver", "finished_at", b"finished_at", "guards", b"guards", "judged_at", b"judged_at", "min_requests", b"min_requests", "model_id", b"model_id", "outcome", b"outcome", "plan_id", b"plan_id", "state", b"state", "step_duration_s", b"step_duration_s", "step_index", b"step_index", "step_started_at", b"step_started_at", "steps", b"steps", "warmup_s", b"warmup_s", "window_s", b"window_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -482,7 +482,7 @@ def _print_live(ctx: CliContext, d: rpb.Deployment, live: rpb.LiveMetrics | None
     columns = ["version", "weight", "worker", "req/s", "items/s", "errors", "p50 ms", "p95 ms", "p99 ms"]
     table(
         ctx,
-        [*columns, "requests", "window"],
+        [*columns, "requests", "window", "drift"],
         rows,
         title=f"live figures, last {live.window_s:g} s (from worker heartbeats)",
         right=["weight", "req/s", "items/s", "p50 ms", "p95 ms", "p99 ms", "requests", "window"],
@@ -504,7 +504,13 @@ def _figures_cells(f: rpb.LiveFigures) -> tuple[str, ...]:
         *latency,
         str(f.requests),
         f"{f.window_s:.0f} s",
+        _drift_text(f),
     )
+
+
+def _drift_text(f: rpb.LiveFigures) -> str:
+    """`output_cosine 0.05, input_size 0.03`: the scores; `-` before enough items (100 per signal)."""
+    return ", ".join(f"{signal} {score:.2f}" for signal, score in sorted(f.drift.items())) or "-"
 
 
 def _loaded_version_text(v: rpb.LoadedVersion) -> str:

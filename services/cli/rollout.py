@@ -66,7 +66,11 @@ def print_plan(ctx: CliContext, plan: rpb.RolloutPlan) -> None:
             ("state", STATE_NAMES.get(plan.state, "?") + (f" ({plan.outcome})" if plan.outcome else "")),
             ("steps", f"{steps} %  (step {plan.step_index + 1} of {len(plan.steps)})"),
             ("step since", when(plan.step_started_at)),
-            ("each step", f"{plan.step_duration_s:g} s, at least {plan.min_requests} candidate requests"),
+            (
+                "each step",
+                f"{plan.step_duration_s:g} s, at least {plan.min_requests} candidate requests"
+                + (f", the first {plan.warmup_s:g} s not judged" if plan.warmup_s else ""),
+            ),
             (
                 "last judged",
                 f"{when(plan.judged_at)} by {plan.driver}: {plan.candidate_requests} candidate, "
@@ -115,6 +119,9 @@ async def _wait_for_end(registry: RegistryClient, name: str, wait_s: float) -> r
     "p50_ratio, p95_ratio, p99_ratio; e.g. 'p99_ratio <= 1.5'.",
 )
 @click.option("--min-requests", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option(
+    "--warmup", default="0s", show_default=True, help="Start of each step not judged (cold first requests)."
+)
 @click.option("--acknowledge-incompatible", is_flag=True, help="Consumers will get another signature.")
 @click.option("--reason", default="")
 @click.option("--wait", is_flag=True, help="Wait until the plan succeeds or rolls back.")
@@ -127,6 +134,7 @@ def rollout_cmd(
     step_duration: str,
     guards: tuple[str, ...],
     min_requests: int,
+    warmup: str,
     acknowledge_incompatible: bool,
     reason: str,
     wait: bool,
@@ -142,6 +150,7 @@ def rollout_cmd(
         step_duration_s=parse_duration(step_duration),
         guards=list(guards),
         min_requests=min_requests,
+        warmup_s=parse_duration(warmup),
         acknowledge_incompatible=acknowledge_incompatible,
         reason=reason,
     )

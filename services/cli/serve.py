@@ -258,6 +258,12 @@ def worker_group() -> None:
     "--heartbeat-interval-s", type=float, default=None, help="Heartbeat period until the registry sets one."
 )
 @click.option(
+    "--drift-reference-items", type=int, default=None, help="Items behind a deployment's drift reference."
+)
+@click.option(
+    "--drift-window-items", type=int, default=None, help="Recent items modelyard_drift_score scores."
+)
+@click.option(
     "--reconnect-initial-s", type=float, default=None, help="First wait before reconnecting to the registry."
 )
 @click.option("--reconnect-max-s", type=float, default=None, help="Longest wait between reconnections.")

@@ -5,6 +5,7 @@ served it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import weakref
 from concurrent.futures import Executor
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from modelyard.common.errors import ModelyardError
+from modelyard.common.log import event
 from modelyard.common.modelspec import TensorSpec
 from modelyard.inference import metrics
 from modelyard.inference.batching import DynamicBatcher
@@ -27,6 +29,8 @@ from modelyard.inference.errors import BadInput, NotReady, WorkerAtCapacity
 from modelyard.inference.limits import Admission, ItemLimits, TextLimit, check_images, text_token_limit
 from modelyard.inference.live_counters import LiveCounters
 from modelyard.inference.routing import LoadedRuntime, RoutingTable
+
+log = logging.getLogger("modelyard.inference.dataplane")
 
 # Below this many input bytes, cheap decoding (UTF-8) costs less than a hop to the executor.
 _INLINE_PREPARE_BYTES = 64 * 1024
@@ -185,6 +189,7 @@ class DataPlane:
         finally:
             admission.exit(caller, admitted)
         metrics.QUEUE_DURATION.labels(*labels).observe(waited)
+        self._observe_drift(request.deployment, loaded, tensor.name, items, rows)
         wanted = request.requested_outputs or list(rows)
         outputs = [_output(name, rows[name]) for name in wanted if name in rows]
         return InferenceResponse(
@@ -194,6 +199,15 @@ class DataPlane:
             outputs=outputs,
             raw=request.raw,
         )
+
+    def _observe_drift(
+        self, deployment: str, loaded: LoadedRuntime, name: str, items: list[bytes], rows: dict[str, Any]
+    ) -> None:
+        """Drift summaries are evidence, never a reason to fail the request they describe."""
+        try:
+            self.counters.observe_outputs(deployment, loaded.version, loaded.spec.model_id, name, items, rows)
+        except Exception as exc:
+            event(log, "drift.observe_failed", level=logging.WARNING, deployment=deployment, error=repr(exc))
 
     async def _prepare(self, loaded: LoadedRuntime, name: str, items: list[bytes]) -> list[Any]:
         """Check the elements against their limits, then decode them: inline when cheap, else in the

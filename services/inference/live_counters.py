@@ -3,11 +3,17 @@ serve live rates and percentiles (GetLiveMetrics): O(1) per request, constant me
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from modelyard.common.latency import BUCKET_COUNT, bucket_index
+from modelyard.inference import metrics
+from modelyard.inference.drift import DriftMonitor, SignalWindow
 
 SeriesKey = tuple[str, str]  # (deployment, version)
 
@@ -16,10 +22,23 @@ class VersionSeries:
     """What one version served on this worker since `since_s` (uptime). Only the event loop writes
     it (the data plane) and reads it (the heartbeat), so it needs no lock."""
 
-    __slots__ = ("buckets", "errors", "items", "latency_sum_s", "requests", "since_s")
+    __slots__ = (
+        "buckets",
+        "dim",
+        "drift",
+        "errors",
+        "items",
+        "latency_sum_s",
+        "model",
+        "requests",
+        "since_s",
+    )
 
     def __init__(self, since_s: float) -> None:
         self.since_s = since_s
+        self.model = ""  # the model id, for the drift gauge's labels (set with the first outputs)
+        self.dim = 0  # the embedding dimension of its outputs (0: none), which reference it uses
+        self.drift: dict[str, SignalWindow] = {}  # by signal (modelyard.common.drift)
         self.requests = 0
         self.items = 0
         self.errors: dict[str, int] = {}  # by gRPC status code name; at most one key per code
@@ -47,6 +66,8 @@ class SeriesSnapshot:
     errors: dict[str, int]
     buckets: list[int]
     latency_sum_s: float
+    # By signal: (the deployment's reference histogram, this series' cumulative counts since then).
+    drift: dict[str, tuple[list[int], list[int]]]
 
 
 @dataclass(frozen=True)
@@ -63,8 +84,13 @@ class LiveCounters:
     which the registry counts from zero instead of reading a drop."""
 
     def __init__(
-        self, *, clock: Callable[[], float] = time.monotonic, wall_ns: Callable[[], int] = time.time_ns
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ns: Callable[[], int] = time.time_ns,
+        drift: DriftMonitor | None = None,
     ) -> None:
+        self.drift = drift or DriftMonitor()
         self._clock = clock
         self._start = clock()
         self.started_at_ns = wall_ns()
@@ -79,6 +105,23 @@ class LiveCounters:
         if found is None:
             found = self._series[key] = VersionSeries(self.uptime_s())
         return found
+
+    def observe_outputs(
+        self,
+        deployment: str,
+        version: str,
+        model: str,
+        input_name: str,
+        items: Sequence[bytes],
+        rows: dict[str, Any],
+    ) -> None:
+        """A successful request's inputs and outputs, for the drift summaries."""
+        series = self.series(deployment, version)
+        series.model = model
+        embedding = rows.get("embedding")
+        if isinstance(embedding, np.ndarray) and embedding.ndim == 2:
+            series.dim = embedding.shape[1]
+        self.drift.observe(deployment, series.drift, input_name, items, rows)
 
     def snapshot(
         self, present: Collection[SeriesKey], serving: Collection[SeriesKey] = ()
@@ -101,10 +144,27 @@ class LiveCounters:
                     errors=dict(s.errors),
                     buckets=list(s.buckets),
                     latency_sum_s=s.latency_sum_s,
+                    drift=self._drift_of(key, s),
                 )
                 for key, s in sorted(self._series.items())
             ],
         )
         for key in [k for k in self._series if k not in present]:
-            del self._series[key]
+            gone = self._series.pop(key)
+            for signal in gone.drift:
+                with contextlib.suppress(KeyError):
+                    metrics.DRIFT_SCORE.remove(key[0], gone.model, key[1], signal)
+        self.drift.forget({d for d, _ in present})
         return taken
+
+    def _drift_of(self, key: SeriesKey, s: VersionSeries) -> dict[str, tuple[list[int], list[int]]]:
+        """The series' counts beside its reference, and its own recent score on the gauge."""
+        deployment, version = key
+        for signal, score in self.drift.scores(deployment, s.dim, s.drift).items():
+            metrics.DRIFT_SCORE.labels(deployment, s.model, version, signal).set(score)
+        reference = self.drift.reference_of(deployment, s.dim)
+        return {
+            signal: (reference[signal], list(window.counts))
+            for signal, window in s.drift.items()
+            if signal in reference
+        }

@@ -47,6 +47,13 @@ ROUTE_WEIGHT = Gauge(
     "Traffic weight of each version in this worker's current routing table (0 = staged).",
     VERSION_LABELS,
 )
+DRIFT_SCORE = Gauge(
+    "modelyard_drift_score",
+    "Jensen-Shannon distance (0..1) between this version's most recent items and its deployment's "
+    "reference on this worker, per signal (output_cosine, input_size, caption_length); see "
+    "modelyard.common.drift. Set at every heartbeat once 100 items were seen after the reference.",
+    [*VERSION_LABELS, "signal"],
+)
 APPLIED_REVISION = Gauge(
     "modelyard_worker_applied_revision",
     "Registry revision of the deployment this worker last applied.",

@@ -303,4 +303,8 @@ def _counters_to_pb(snapshot: CountersSnapshot, out: rpb.LiveCounters) -> None:
             errors=s.errors,
             latency_buckets=s.buckets,
             latency_sum_s=s.latency_sum_s,
+            drift=[
+                rpb.DriftCounts(signal=signal, reference=reference, live=live)
+                for signal, (reference, live) in sorted(s.drift.items())
+            ],
         )

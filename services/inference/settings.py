@@ -45,6 +45,17 @@ class WorkerSettings(ServerSettings):
     heartbeat_interval_s: float = Field(
         2.0, description="Heartbeat period until the registry answers with its own."
     )
+    drift_reference_items: int = Field(
+        200,
+        ge=1,
+        description="Drift: the first this many items a deployment serves give its reference mean "
+        "embedding, the next this many its reference histograms (see modelyard.inference.drift).",
+    )
+    drift_window_items: int = Field(
+        500,
+        ge=100,
+        description="Drift: how many of a version's most recent items modelyard_drift_score scores.",
+    )
     reconnect_initial_s: float = Field(0.2, description="First wait before reconnecting to the registry.")
     reconnect_max_s: float = Field(5.0, description="Longest wait between reconnection attempts.")
     applied_state_file: str = Field(

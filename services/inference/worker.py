@@ -26,7 +26,9 @@ from modelyard.inference.converters import deployment_from_registry
 from modelyard.inference.dataplane import DataPlane
 from modelyard.inference.deployments import DeploymentApplier
 from modelyard.inference.domain import DeploymentSpec
+from modelyard.inference.drift import DriftMonitor
 from modelyard.inference.limits import Admission, ItemLimits
+from modelyard.inference.live_counters import LiveCounters
 from modelyard.inference.load_retry import RetryPolicy
 from modelyard.inference.loaders import preimport_all
 from modelyard.inference.loaders.base import intra_op_threads, use_intra_op_threads
@@ -87,6 +89,11 @@ class InferenceWorker:
                 max_request_pixels=settings.max_request_pixels,
             ),
             admission=Admission(settings.max_items_in_flight),
+            counters=LiveCounters(
+                drift=DriftMonitor(
+                    reference_items=settings.drift_reference_items, window_items=settings.drift_window_items
+                )
+            ),
         )
         self.servicer = InferenceServicer(self.dataplane)
         self.cache = ArtifactCache(

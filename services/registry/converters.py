@@ -226,6 +226,7 @@ def live_counters_from_pb(c: pb.LiveCounters) -> d.LiveCounters:
                 errors=dict(s.errors),
                 buckets=list(s.latency_buckets),
                 latency_sum_s=s.latency_sum_s,
+                drift={dc.signal: (list(dc.reference), list(dc.live)) for dc in s.drift},
             )
             for s in c.versions
         ],
@@ -272,6 +273,7 @@ def plan_to_pb(p: d.RolloutPlan) -> pb.RolloutPlan:
         window_s=judged.window_s if judged else 0.0,
         judged_at=to_timestamp(judged.at if judged else None),
         driver=judged.driver if judged else "",
+        warmup_s=p.warmup_s,
     )
 
 
@@ -312,6 +314,8 @@ def live_figures_to_pb(f: d.LiveFigures) -> pb.LiveFigures:
         window_s=f.window_s,
         window_start=to_timestamp(f.window_start),
         window_end=to_timestamp(f.window_end),
+        drift=f.drift,
+        drift_items={signal: sum(counts) for signal, counts in f.drift_live.items()},
     )
 
 

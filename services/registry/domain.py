@@ -129,6 +129,8 @@ class SeriesCounters:
     errors: dict[str, int]
     buckets: list[int]  # successes per latency bucket (modelyard.common.latency), not cumulative
     latency_sum_s: float
+    # By signal: (the deployment's reference histogram, cumulative live counts); modelyard.common.drift
+    drift: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -185,6 +187,10 @@ class LiveFigures:
     window_start: dt.datetime | None = None
     window_end: dt.datetime | None = None
     latency_sum_s: float = 0.0  # of the successful requests, for means across workers
+    # By signal: the reference (summed over workers) and the items binned in the window.
+    drift_reference: dict[str, list[int]] = field(default_factory=dict)
+    drift_live: dict[str, list[int]] = field(default_factory=dict)
+    drift: dict[str, float] = field(default_factory=dict)  # scores, where enough items
 
 
 @dataclass
@@ -345,6 +351,7 @@ class RolloutPlan:
     finished_at: dt.datetime | None = None
     outcome: str = ""
     judgement: Judgement | None = None
+    warmup_s: float = 0.0
 
     @property
     def weight(self) -> int:

@@ -36,6 +36,11 @@ def _percentile(name: str) -> Callable[[LiveFigures], float]:
     return read
 
 
+def drift(f: LiveFigures) -> float:
+    """The largest drift score over the signals scored in the window (NaN when none is)."""
+    return max(f.drift.values(), default=math.nan)
+
+
 def _ratio(read: Callable[[LiveFigures], float]) -> Callable[[LiveFigures, LiveFigures], float]:
     def ratio(candidate: LiveFigures, baseline: LiveFigures) -> float:
         below = read(baseline)
@@ -54,6 +59,7 @@ CANDIDATE_METRICS: dict[str, Callable[[LiveFigures], float]] = {
     "p50_ms": _percentile("p50_ms"),
     "p95_ms": _percentile("p95_ms"),
     "p99_ms": _percentile("p99_ms"),
+    "drift": drift,
 }
 RELATIVE_METRICS: dict[str, Callable[[LiveFigures, LiveFigures], float]] = {
     "p50_ratio": _ratio(_percentile("p50_ms")),
@@ -62,15 +68,14 @@ RELATIVE_METRICS: dict[str, Callable[[LiveFigures, LiveFigures], float]] = {
     "error_rate_delta": _delta,
 }
 METRICS = (*CANDIDATE_METRICS, *RELATIVE_METRICS)
+# Successful requests a percentile needs on each side before it is judged: 1 / (1 - q), so that at
+# least one observation lies above it.
+TAIL_SAMPLES = {"p50_ms": 2, "p95_ms": 20, "p99_ms": 100, "p50_ratio": 2, "p95_ratio": 20, "p99_ratio": 100}
 MAX_GUARDS = 16
 
 
 def parse_guard(text: str) -> Gate:
     guard = parse_comparison(text, what="guard", example="p99_ratio <= 1.5")
-    if guard.metric == "drift":
-        raise InvalidArgument(
-            f"guard on drift: this registry does not compute drift scores yet; guard on {', '.join(METRICS)}"
-        )
     if guard.metric not in METRICS:
         raise InvalidArgument(
             f"unknown guard metric {guard.metric!r} in {text!r}; known: {', '.join(METRICS)}"
@@ -113,17 +118,21 @@ def judge(
     step_duration_s: float,
 ) -> Verdict:
     """A guard is judged once the candidate served `min_requests` in the window (a relative one also
-    needs `min_requests` from the baseline, so a ratio never rests on a handful of requests); the
-    first judged guard that fails rolls back at once, whatever the step's time. The step advances
+    needs `min_requests` from the baseline, so a ratio never rests on a handful of requests), and a
+    percentile once each side it reads has `TAIL_SAMPLES` successes (a p99 of 30 requests is their
+    maximum: one cold first request would decide it); the first judged guard that fails rolls back at once, whatever the step's time. The step advances
     when its time is up and every guard was judged and held."""
     enough = served(candidate) >= min_requests
     enough_baseline = enough and served(baseline) >= min_requests
     readings = []
     for guard in guards:
+        needed = TAIL_SAMPLES.get(guard.metric, 0)
         if guard.metric in CANDIDATE_METRICS:
-            value = CANDIDATE_METRICS[guard.metric](candidate) if enough else math.nan
+            ready = enough and sum(candidate.buckets) >= needed
+            value = CANDIDATE_METRICS[guard.metric](candidate) if ready else math.nan
         else:
-            value = RELATIVE_METRICS[guard.metric](candidate, baseline) if enough_baseline else math.nan
+            ready = enough_baseline and min(sum(candidate.buckets), sum(baseline.buckets)) >= needed
+            value = RELATIVE_METRICS[guard.metric](candidate, baseline) if ready else math.nan
         judged = not math.isnan(value)
         readings.append(
             GuardReading(

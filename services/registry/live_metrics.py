@@ -8,6 +8,7 @@ import datetime as dt
 import math
 from collections.abc import Sequence
 
+from modelyard.common.drift import MIN_DRIFT_ITEMS, js_distance
 from modelyard.common.errors import InvalidArgument
 from modelyard.common.latency import BUCKET_COUNT, LATENCY_BUCKETS_S
 from modelyard.registry import repository as repo
@@ -151,6 +152,12 @@ def worker_figures(window: LiveWindow, series: SeriesCounters, *, window_s: floa
         window_end=window.newest_at,
         latency_sum_s=series.latency_sum_s - (base.latency_sum_s if base else 0.0),
     )
+    for signal, (reference, live) in series.drift.items():
+        before = base.drift.get(signal) if base else None
+        figures.drift_reference[signal] = list(reference)
+        figures.drift_live[signal] = (
+            [n - b for n, b in zip(live, before[1], strict=True)] if before else list(live)
+        )
     figures.requests_per_s = requests / span if span > 0 else 0.0
     figures.items_per_s = items / span if span > 0 else 0.0
     _finish(figures)
@@ -170,6 +177,9 @@ def total_figures(workers: Sequence[WorkerLiveFigures]) -> LiveFigures:
         for code, n in f.errors.items():
             total.errors[code] = total.errors.get(code, 0) + n
         total.buckets = [a + b for a, b in zip(total.buckets, f.buckets, strict=True)]
+        for signal, reference in f.drift_reference.items():
+            total.drift_reference[signal] = _add(total.drift_reference.get(signal), reference)
+            total.drift_live[signal] = _add(total.drift_live.get(signal), f.drift_live[signal])
         total.samples += f.samples
         total.latency_sum_s += f.latency_sum_s
         total.window_s = max(total.window_s, f.window_s)
@@ -191,6 +201,15 @@ def _finish(figures: LiveFigures) -> None:
         quantile_from_buckets(LATENCY_BUCKETS_S, figures.buckets, q) * 1000 for q in QUANTILES
     )
     figures.mean_ms = figures.latency_sum_s / successes * 1000 if successes > 0 else 0.0
+    figures.drift = {
+        signal: js_distance(figures.drift_reference[signal], live)
+        for signal, live in sorted(figures.drift_live.items())
+        if sum(live) >= MIN_DRIFT_ITEMS and sum(figures.drift_reference.get(signal, ())) > 0
+    }
+
+
+def _add(total: list[int] | None, counts: Sequence[int]) -> list[int]:
+    return list(counts) if total is None else [a + b for a, b in zip(total, counts, strict=True)]
 
 
 def _not_behind(newest: SeriesCounters, base: SeriesCounters) -> bool:
@@ -200,4 +219,8 @@ def _not_behind(newest: SeriesCounters, base: SeriesCounters) -> bool:
         and newest.items >= base.items
         and all(n >= b for n, b in zip(newest.buckets, base.buckets, strict=True))
         and all(newest.errors.get(code, 0) >= n for code, n in base.errors.items())
+        and all(
+            signal in newest.drift and all(n >= b for n, b in zip(newest.drift[signal][1], live, strict=True))
+            for signal, (_, live) in base.drift.items()
+        )
     )

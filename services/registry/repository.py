@@ -602,6 +602,7 @@ def _counters_json(counters: LiveCounters | None) -> dict[str, Any] | None:
         "u": counters.uptime_s,
         "v": [
             [c.deployment, c.version, c.since_s, c.requests, c.items, c.latency_sum_s, c.buckets, c.errors]
+            + ([{signal: [ref, live] for signal, (ref, live) in c.drift.items()}] if c.drift else [])
             for c in counters.series
         ],
     }
@@ -621,8 +622,13 @@ def _counters_from_json(data: dict[str, Any]) -> LiveCounters:
                 latency_sum_s=float(latency_sum),
                 buckets=[int(b) for b in buckets],
                 errors={str(k): int(n) for k, n in errors.items()},
+                drift={
+                    str(signal): ([int(n) for n in ref], [int(n) for n in live])
+                    for signal, (ref, live) in (drift[0] if drift else {}).items()
+                },
             )
-            for d, v, since, requests, items, latency_sum, buckets, errors in data["v"]
+            # Snapshots stored before drift summaries have 8 fields, later ones 9 with drift.
+            for d, v, since, requests, items, latency_sum, buckets, errors, *drift in data["v"]
         ],
     )
 
@@ -875,6 +881,7 @@ def _plan(row: asyncpg.Record) -> RolloutPlan:
         finished_at=row["finished_at"],
         outcome=row["outcome"],
         judgement=_judgement(row["judgement"]),
+        warmup_s=row["warmup_s"],
     )
 
 
@@ -883,8 +890,8 @@ async def insert_plan(conn: Conn, *, plan: RolloutPlan) -> RolloutPlan:
     try:
         row = await conn.fetchrow(
             "INSERT INTO rollout_plans (deployment, model_id, baseline, candidate, steps, step_duration_s,"
-            " min_requests, guards, state, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-            " RETURNING *",
+            " min_requests, guards, state, created_by, warmup_s)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *",
             plan.deployment,
             plan.model_id,
             plan.baseline,
@@ -895,6 +902,7 @@ async def insert_plan(conn: Conn, *, plan: RolloutPlan) -> RolloutPlan:
             plan.guards,
             plan.state.value,
             plan.created_by,
+            plan.warmup_s,
         )
     except asyncpg.UniqueViolationError as exc:
         raise AlreadyExists(

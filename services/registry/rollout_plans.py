@@ -128,6 +128,7 @@ class RolloutPlans:
         step_duration_s: float,
         guards: Sequence[str],
         min_requests: int,
+        warmup_s: float = 0.0,
         acknowledge_incompatible: bool,
         actor: str,
         reason: str,
@@ -141,6 +142,10 @@ class RolloutPlans:
             )
         if min_requests < 0:
             raise InvalidArgument(f"min_requests is {min_requests}; give 0 or more")
+        if not (math.isfinite(warmup_s) and 0 <= warmup_s < step_duration_s):
+            raise InvalidArgument(
+                f"warmup_s is {warmup_s:g}; give 0 or more, less than step_duration_s ({step_duration_s:g})"
+            )
         parsed = parse_guards(guards)
         async with self.db.transaction() as conn:
             current = await find_deployment(conn, deployment, for_update=True)
@@ -173,6 +178,7 @@ class RolloutPlans:
                     step_index=0,
                     step_duration_s=step_duration_s,
                     min_requests=min_requests,
+                    warmup_s=warmup_s,
                     guards=[g.text for g in parsed],
                     state=PlanState.RUNNING,
                     step_started_at=dt.datetime.now(dt.UTC),
@@ -329,7 +335,9 @@ class RolloutPlans:
         now = dt.datetime.now(dt.UTC)
         elapsed = (now - plan.step_started_at).total_seconds()
         failed_load = await self._failed_load(plan)
-        window = min(max(elapsed, MIN_WINDOW_S), self.live.live_window_s)
+        if elapsed < plan.warmup_s and not failed_load:
+            return  # the step's first seconds are not evidence
+        window = min(max(elapsed - plan.warmup_s, MIN_WINDOW_S), self.live.live_window_s)
         figures = await self.live.live_metrics(plan.deployment, window_s=window)
         by_version = {v.version: v.total for v in figures.versions}
         candidate = by_version.get(plan.candidate, LiveFigures(buckets=[]))

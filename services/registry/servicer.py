@@ -323,6 +323,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             step_duration_s=request.step_duration_s,
             guards=list(request.guards),
             min_requests=request.min_requests,
+            warmup_s=request.warmup_s,
             acknowledge_incompatible=request.acknowledge_incompatible,
             actor=current_actor(),
             reason=request.reason,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import grpc
 
 from modelyard.common.artifact_roots import ArtifactLocationError, ArtifactRoots
+from modelyard.common.drift import DRIFT_BINS, SIGNALS
 from modelyard.common.errors import InvalidArgument
 from modelyard.common.latency import BUCKET_COUNT
 from modelyard.common.states import RunStatus
@@ -198,6 +199,12 @@ def check_live_counters(counters: LiveCounters) -> LiveCounters:
             problem = f"{name}: latency_sum_s is {s.latency_sum_s}"
         elif unknown := sorted(set(s.errors) - _STATUS_CODES):
             problem = f"{name}: errors keyed by {', '.join(unknown)}, not gRPC status code names"
+        elif unknown := sorted(set(s.drift) - set(SIGNALS)):
+            problem = f"{name}: unknown drift signal(s) {', '.join(unknown)}; known: {', '.join(SIGNALS)}"
+        elif any(len(ref) != DRIFT_BINS or len(live) != DRIFT_BINS for ref, live in s.drift.values()):
+            problem = f"{name}: a drift histogram does not have {DRIFT_BINS} bins"
+        elif any(min(*ref, *live) < 0 for ref, live in s.drift.values()):
+            problem = f"{name}: a drift count is negative"
     if problem:
         raise InvalidArgument(f"invalid live counters in the status report: {problem}; nothing was stored")
     return counters

@@ -24,10 +24,12 @@ GAUGES = {
     "modelyard_deployment_route_weight",
     "modelyard_deployment_revision",
     "modelyard_rollout_converged",
+    "modelyard_rollout_step",
+    "modelyard_drift_score",
     # Prometheus' own series, one per scrape target.
     "up",
 }
-COUNTERS = {"modelyard_swaps_total"}
+COUNTERS = {"modelyard_swaps_total", "modelyard_rollout_outcome_total"}
 
 # Exposed series names: histograms only ever appear through their three suffixes.
 CONTRACT_SERIES = (

@@ -66,6 +66,7 @@ class Worker(Target):
         self.swaps = Counter("modelyard_swaps_total", "", ["deployment", "model", "outcome"], registry=r)
         self.weight = Gauge("modelyard_route_weight", "", per_version, registry=r)
         self.revision = Gauge("modelyard_worker_applied_revision", "", ["deployment"], registry=r)
+        self.drift = Gauge("modelyard_drift_score", "", [*per_version, "signal"], registry=r)
         self.rpc = Histogram(
             "modelyard_rpc_duration_seconds", "", ["component", "service", "method", "code"], registry=r
         )
@@ -96,6 +97,8 @@ class Registry(Target):
         )
         self.revision = Gauge("modelyard_deployment_revision", "", ["deployment"], registry=r)
         self.converged = Gauge("modelyard_rollout_converged", "", ["deployment"], registry=r)
+        self.step = Gauge("modelyard_rollout_step", "", ["deployment"], registry=r)
+        self.outcomes = Counter("modelyard_rollout_outcome_total", "", ["deployment", "outcome"], registry=r)
         self.rpc = Histogram(
             "modelyard_rpc_duration_seconds", "", ["component", "service", "method", "code"], registry=r
         )
@@ -151,6 +154,11 @@ def swap_to_canary(stack: Stack) -> None:
     stack.swapped.swaps.labels(DEPLOYMENT, MODEL, "success").inc()
     stack.swapped.revision.labels(DEPLOYMENT).set(8)
     stack.behind.swaps.labels(DEPLOYMENT, MODEL, "failure").inc()
+    # The canary's vectors are not the old version's; the old version's traffic did not change.
+    stack.swapped.drift.labels(DEPLOYMENT, MODEL, NEW, "output_cosine").set(0.45)
+    stack.swapped.drift.labels(DEPLOYMENT, MODEL, OLD, "output_cosine").set(0.04)
+    # A rollout plan of another version was rolled back earlier (a created counter, then one increase).
+    stack.registry.outcomes.labels(DEPLOYMENT, "rolled_back").inc()
     stack.canary.set()
 
 
@@ -162,6 +170,7 @@ def stack() -> Iterator[Stack]:
     s.registry.revision.labels(DEPLOYMENT).set(7)
     s.registry.weight.labels(DEPLOYMENT, MODEL, OLD).set(100)
     s.registry.converged.labels(DEPLOYMENT).set(1)
+    s.registry.outcomes.labels(DEPLOYMENT, "rolled_back")
     for worker in (s.swapped, s.behind):
         worker.load(OLD, 100)
         worker.revision.labels(DEPLOYMENT).set(7)
@@ -210,6 +219,8 @@ ALERT_EXPECTATIONS: dict[str, Callable[[Stack, list[dict[str, Any]]], bool]] = {
     "ModelyardVersionErrorRateHigh": lambda _, r: versions(r) == {NEW},
     "ModelyardSwapFailed": lambda _, r: [s["metric"]["deployment"] for s in r] == [DEPLOYMENT],
     "ModelyardDeploymentNotConverged": lambda _, r: [s["metric"]["deployment"] for s in r] == [DEPLOYMENT],
+    "ModelyardDriftHigh": lambda _, r: versions(r) == {NEW},
+    "ModelyardRolloutRolledBack": lambda _, r: [s["metric"]["deployment"] for s in r] == [DEPLOYMENT],
     "ModelyardRegistryDown": lambda s, r: [x["metric"]["instance"] for x in r] == [s.dead_registry],
     "ModelyardWorkerNotServing": lambda s, r: [x["metric"]["instance"] for x in r] == [s.dead_worker],
 }

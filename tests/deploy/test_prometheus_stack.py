@@ -191,6 +191,10 @@ def healthy_expectations(dead_registry: str, dead_worker: str) -> dict[str, tupl
         "ModelyardVersionErrorRateHigh": lambda r: r == [],
         "ModelyardSwapFailed": lambda r: r == [],
         "ModelyardDeploymentNotConverged": lambda r: r == [],
+        # One steady sentence: the old version serves its reference's distribution exactly; the new
+        # one (another tiny model, seed 1) may drift once enough items passed the reference.
+        "ModelyardDriftHigh": lambda r: OLD not in {s["metric"]["version"] for s in r},
+        "ModelyardRolloutRolledBack": lambda r: r == [],
         "ModelyardRegistryDown": lambda r: [s["metric"]["instance"] for s in r] == [dead_registry],
         "ModelyardWorkerNotServing": lambda r: [s["metric"]["instance"] for s in r] == [dead_worker],
     }

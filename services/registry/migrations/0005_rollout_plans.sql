@@ -10,6 +10,7 @@ CREATE TABLE rollout_plans (
     step_index      integer NOT NULL DEFAULT 0,
     step_duration_s double precision NOT NULL,
     min_requests    integer NOT NULL,
+    warmup_s        double precision NOT NULL DEFAULT 0,
     guards          jsonb NOT NULL,
     state           text NOT NULL,
     step_started_at timestamptz NOT NULL DEFAULT now(),

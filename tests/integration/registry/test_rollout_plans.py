@@ -208,7 +208,7 @@ async def test_pause_holds_the_step_resume_restarts_it_abort_routes_back(databas
     [
         ({"guards": ["latency <= 3"]}, grpc.StatusCode.INVALID_ARGUMENT, "unknown guard metric 'latency'"),
         ({"guards": ["error_rate =< 0.01"]}, grpc.StatusCode.INVALID_ARGUMENT, "invalid guard"),
-        ({"guards": ["drift <= 0.2"]}, grpc.StatusCode.INVALID_ARGUMENT, "drift scores"),
+        ({"guards": ["drift <= 0.2", "drift<=0.2"]}, grpc.StatusCode.INVALID_ARGUMENT, "given twice"),
         ({"steps": [20, 10, 100]}, grpc.StatusCode.INVALID_ARGUMENT, "must increase strictly"),
         ({"steps": [20, 50]}, grpc.StatusCode.INVALID_ARGUMENT, "must end at 100"),
         ({"steps": [0, 100]}, grpc.StatusCode.INVALID_ARGUMENT, "1..100"),
