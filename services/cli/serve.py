@@ -430,6 +430,11 @@ def console_group() -> None:
     "--live-interval-s", type=float, default=None, help="How often live pages re-read worker state."
 )
 @click.option("--page-size", type=int, default=None, help="Versions or audit events on one page.")
+@click.option(
+    "--import-roots",
+    default=None,
+    help="Directories (comma-separated absolute paths) admins may import models from; default: none.",
+)
 @click.option("--session-max-age-s", type=int, default=None, help="How long a login lasts.")
 @click.option("--grace-period-s", type=float, default=None, help="Shutdown grace for open requests.")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING...")

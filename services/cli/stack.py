@@ -222,9 +222,12 @@ class StackLayout:
     logs_dir: Path = field(init=False)
     tiny_dir: Path = field(init=False)
     datasets_dir: Path = field(init=False)
+    imports_dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.datasets_dir = self.data_dir / "datasets"
+        # The one directory the console's Register page may import model directories from.
+        self.imports_dir = self.data_dir / "imports"
         self.registry_dir = self.data_dir / "registry"
         self.cache_dir = self.data_dir / "cache"
         self.logs_dir = self.data_dir / "logs"
@@ -335,6 +338,7 @@ class Stack:
         the benchmark service has started (with port 0 its address is known only then)."""
         assert self.registry is not None and self.benchmark is not None and self.benchmark.address
         layout = self.layout
+        layout.imports_dir.mkdir(parents=True, exist_ok=True)
         self.console = ServiceProcess(
             "console",
             [
@@ -350,7 +354,12 @@ class Stack:
                 self.benchmark.address,
             ],
             layout.logs_dir / "console.log",
-            {**self.env, **self.security.console_env()},
+            {
+                **self.env,
+                "MODELYARD_CONSOLE_IMPORT_ROOTS": self.env.get("MODELYARD_CONSOLE_IMPORT_ROOTS")
+                or str(layout.imports_dir),
+                **self.security.console_env(),
+            },
         )
 
     def console_url(self) -> str:

@@ -140,7 +140,12 @@ def _print_endpoints(ctx: CliContext, stack: Stack) -> None:
     )
     if state.get("console"):
         rows.append(
-            ("console", state["console"]["url"], "", "web console: overview, catalog, switch, compare")
+            (
+                "console",
+                state["console"]["url"],
+                "",
+                "web console: overview, catalog, switch, compare, benchmark, register",
+            )
         )
     table(ctx, ["service", "gRPC address", "/metrics", "serves"], rows)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard.client import ClientSettings
-from modelyard.console import catalog, compare, history, login, overview, switch
+from modelyard.console import benchmarks, catalog, compare, history, login, overview, register, switch
 from modelyard.console.backends import Backends
+from modelyard.console.benchmark_jobs import BenchmarkJobs
 from modelyard.console.sessions import Logins, SessionCookies
 from modelyard.console.settings import ConsoleSettings
 from modelyard.console.web import Console
@@ -51,6 +53,30 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
+class ServerTiming:
+    """`Server-Timing: app;dur=MS` on every response: the console's own time from the request to the
+    response's start (session, registry calls, rendering), so a benchmark or a browser's devtools can
+    tell it from the network round trip. A streamed response (SSE) counts only until its headers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+
+        async def with_timing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                timing = (b"server-timing", f"app;dur={elapsed_ms:.2f}".encode())
+                message["headers"] = [*message.get("headers", []), timing]
+            await send(message)
+
+        await self.app(scope, receive, with_timing)
+
+
 def templates() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -75,12 +101,18 @@ def create_app(
         templates=templates(),
         stopping=stopping,
     )
+    jobs = BenchmarkJobs(
+        settings.benchmark,
+        client if client is not None else ClientSettings(),
+        lambda error: console.backends.explain(error, service="benchmark service").message,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            await jobs.close()
             await console.backends.close()
 
     routes: list[Any] = [
@@ -94,7 +126,13 @@ def create_app(
         Route("/deployments/{name}/canary", switch.canary_submit, methods=["POST"]),
         Route("/deployments/{name}/rollback", switch.rollback_submit, methods=["POST"]),
         Route("/compare", compare.compare),
+        Route("/benchmarks", benchmarks.benchmarks_page),
+        Route("/benchmarks", benchmarks.benchmarks_submit, methods=["POST"]),
+        Route("/benchmarks/{job}", benchmarks.job_page),
+        Route("/events/benchmarks/{job}", benchmarks.job_events),
         Route("/history", history.history),
+        Route("/register", register.register_form),
+        Route("/register", register.register_submit, methods=["POST"]),
         Route("/login", login.login_form),
         Route("/login", login.login_submit, methods=["POST"]),
         Route("/logout", login.logout, methods=["POST"]),
@@ -102,5 +140,7 @@ def create_app(
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.console = console
+    app.state.benchmark_jobs = jobs
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(ServerTiming)
     return app

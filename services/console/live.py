@@ -91,6 +91,9 @@ async def live_events(current: Page, template: str, only: str = "") -> Response:
             yield f"retry: {RECONNECT_MS}\n\n"
             while not console.stopping():
                 html, banner = None, ""
+                # Cleared before the read, not after it: a change arriving during the read then
+                # wakes the wait below at once instead of waiting for the next interval.
+                changed.clear()
                 try:
                     views = await read_deployments(await current.registry(), only)
                     html = current.fragment(template, deployments=views)
@@ -108,7 +111,6 @@ async def live_events(current: Page, template: str, only: str = "") -> Response:
                 if time.monotonic() - last_sent > KEEPALIVE_S:
                     yield ": keepalive\n\n"
                     last_sent = time.monotonic()
-                changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), interval if not banner else WATCH_RETRY_S)
         finally:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from typing import Annotated
+
+from pydantic import AfterValidator, AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelyard.common.auth import Role
+from modelyard.console.import_roots import validated_import_roots
 
 
 def _global(name: str) -> AliasChoices:
@@ -37,6 +40,13 @@ class ConsoleSettings(BaseSettings):
         "arrive at once through WatchDeployments.",
     )
     page_size: int = Field(24, ge=1, le=200, description="Versions or audit events on one page.")
+    import_roots: Annotated[str, AfterValidator(validated_import_roots)] = Field(
+        "",
+        description="Directories on the console's host (comma-separated absolute paths) under which "
+        "admins may import model directories from the Register page; a path leading outside them "
+        "(symlinks and `..` resolved) is refused. Empty: directory import is off (registering an "
+        "artifact already in the store still works).",
+    )
     session_secret: str = Field(
         "",
         description="Key that signs and encrypts session cookies; replicas behind one address need the "

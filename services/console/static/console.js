@@ -54,3 +54,13 @@
     sync();
   }
 })();
+
+// The Benchmark page's deployment picker shows the chosen deployment's versions at once (its
+// button does the same without script).
+(function () {
+  "use strict";
+  var pickers = document.querySelectorAll("select[data-autosubmit]");
+  Array.prototype.forEach.call(pickers, function (select) {
+    select.addEventListener("change", function () { select.form.submit(); });
+  });
+})();

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -19,9 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 SCREENSHOTS = REPO / "docs" / "console"
-INSTALL_HINT = (
-    "run `make tools` (deploy/tools/install-ci-tools.sh installs Debian's chromium and chromium-driver)"
-)
+INSTALL_HINT = "run `make tools` (deploy/tools/install-ci-tools.sh installs Debian's chromium, chromium-driver and libnss3-tools)"
 T = TypeVar("T")
 
 
@@ -34,9 +33,10 @@ def _find(*names: str) -> str | None:
 
 
 @contextmanager
-def chromium() -> Iterator[Any]:
+def chromium(*, home: Path | None = None) -> Iterator[Any]:
     """A headless Chromium; a missing browser or driver fails the test (never skips it): `make test`
-    installs both, so their absence means the set-up is incomplete."""
+    installs both, so their absence means the set-up is incomplete. `home` becomes the browser's
+    HOME, whose `.pki/nssdb` holds the certificates it trusts beyond its built-in roots."""
     browser = _find("chromium", "chromium-browser")
     driver_path = _find("chromedriver")
     if browser is None or driver_path is None:
@@ -57,7 +57,8 @@ def chromium() -> Iterator[Any]:
         "--force-device-scale-factor=1",
     ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    env = {**os.environ, "HOME": str(home)} if home is not None else None
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path, env=env), options=options)
     driver.set_page_load_timeout(60)
     try:
         yield driver
@@ -126,8 +127,11 @@ def session_of(driver: Any) -> tuple[str, str]:
     return cookie, csrf
 
 
-def post(url: str, fields: dict[str, str], cookie: str = "") -> tuple[int, str]:
-    """A form POST without a browser: (status, body); no redirect is followed."""
+def post(
+    url: str, fields: dict[str, str], cookie: str = "", context: ssl.SSLContext | None = None
+) -> tuple[int, str]:
+    """A form POST without a browser: (status, body); no redirect is followed. `context` verifies
+    an https console (e.g. against a private CA)."""
 
     class _NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args: Any, **kwargs: Any) -> None:
@@ -142,7 +146,7 @@ def post(url: str, fields: dict[str, str], cookie: str = "") -> tuple[int, str]:
         },
         method="POST",
     )
-    opener = urllib.request.build_opener(_NoRedirect)
+    opener = urllib.request.build_opener(_NoRedirect, urllib.request.HTTPSHandler(context=context))
     try:
         with opener.open(request, timeout=30) as response:
             return response.status, response.read().decode()
@@ -150,10 +154,10 @@ def post(url: str, fields: dict[str, str], cookie: str = "") -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
-def get(url: str, cookie: str = "") -> tuple[int, str]:
+def get(url: str, cookie: str = "", context: ssl.SSLContext | None = None) -> tuple[int, str]:
     request = urllib.request.Request(url, headers={"Cookie": cookie} if cookie else {})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
