@@ -125,6 +125,7 @@ def create_app(
         Route("/deployments/{name}/switch", switch.switch_submit, methods=["POST"]),
         Route("/deployments/{name}/canary", switch.canary_submit, methods=["POST"]),
         Route("/deployments/{name}/rollback", switch.rollback_submit, methods=["POST"]),
+        Route("/deployments/{name}/plan", switch.plan_submit, methods=["POST"]),
         Route("/compare", compare.compare),
         Route("/benchmarks", benchmarks.benchmarks_page),
         Route("/benchmarks", benchmarks.benchmarks_submit, methods=["POST"]),

@@ -1,6 +1,6 @@
 """The overview's data and its live updates: deployments, routes, every worker's state and each
-version's live figures, read from the registry (ListDeployments, ListWorkers, GetRolloutStatus,
-GetLiveMetrics) and pushed to the browser over Server-Sent Events whenever WatchDeployments reports
+version's live figures and its rollout plan, read from the registry (ListDeployments, ListWorkers,
+GetRolloutStatus, GetLiveMetrics, GetRolloutPlan) and pushed to the browser over Server-Sent Events whenever WatchDeployments reports
 a change or a worker's heartbeat moves."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from starlette.responses import Response, StreamingResponse
 
 from modelyard.api import registry_pb2 as pb
 from modelyard.client import ModelyardError, RegistryClient
-from modelyard.common.errors import Unimplemented
+from modelyard.common.errors import NotFound, Unimplemented
 from modelyard.console.present import DeploymentView, deployment_view
 from modelyard.console.web import Page
 
@@ -35,14 +35,24 @@ async def read_deployments(registry: RegistryClient, only: str = "") -> list[Dep
     rollout_calls = [
         registry.get_rollout_status(pb.GetRolloutStatusRequest(deployment=d.name)) for d in deployments
     ]
-    workers, live, *rollouts = await asyncio.gather(
-        workers_call, _live_metrics(registry, only), *rollout_calls
+    plan_calls = [_plan(registry, d.name) for d in deployments]
+    workers, live, *rest = await asyncio.gather(
+        workers_call, _live_metrics(registry, only), *rollout_calls, *plan_calls
     )
     assert isinstance(workers, pb.ListWorkersResponse)
+    rollouts, plans = rest[: len(deployments)], rest[len(deployments) :]
     return [
-        deployment_view(d, r, list(workers.workers), live)  # type: ignore[arg-type]
-        for d, r in zip(deployments, rollouts, strict=True)
+        deployment_view(d, r, list(workers.workers), live, p)  # type: ignore[arg-type]
+        for d, r, p in zip(deployments, rollouts, plans, strict=True)
     ]
+
+
+async def _plan(registry: RegistryClient, deployment: str) -> pb.RolloutPlan | None:
+    """The deployment's active rollout plan, else its last; None when it never had one."""
+    try:
+        return await registry.get_rollout_plan(pb.GetRolloutPlanRequest(deployment=deployment))
+    except (NotFound, Unimplemented):  # never had a plan, or a registry from before plans
+        return None
 
 
 async def _live_metrics(registry: RegistryClient, only: str) -> pb.LiveMetrics | None:

@@ -143,6 +143,79 @@ def live_versions(deployment: pb.Deployment, live: pb.LiveMetrics) -> list[LiveV
 
 
 @dataclass(frozen=True)
+class GuardView:
+    guard: str
+    value: str  # "-" until judged
+    verdict: str  # holds, fails, waiting
+
+
+@dataclass(frozen=True)
+class PlanView:
+    """A deployment's rollout plan (the active one, else the last) as GetRolloutPlan returns it."""
+
+    plan_id: int
+    baseline: str
+    candidate: str
+    steps: list[int]
+    step_index: int
+    state: str
+    active: bool
+    running: bool
+    outcome: str
+    step_since: str
+    step_duration_s: float
+    min_requests: int
+    guards: list[GuardView]
+    candidate_requests: int
+    baseline_requests: int
+    window_s: float
+    judged: str
+
+    @property
+    def weight(self) -> int:
+        return self.steps[self.step_index] if self.steps else 0
+
+
+PLAN_STATES = {
+    pb.ROLLOUT_PLAN_RUNNING: "running",
+    pb.ROLLOUT_PLAN_PAUSED: "paused",
+    pb.ROLLOUT_PLAN_SUCCEEDED: "succeeded",
+    pb.ROLLOUT_PLAN_ROLLED_BACK: "rolled back",
+    pb.ROLLOUT_PLAN_ABORTED: "aborted",
+}
+
+
+def plan_view(p: pb.RolloutPlan) -> PlanView:
+    state = PLAN_STATES.get(p.state, "unknown")
+    return PlanView(
+        plan_id=p.plan_id,
+        baseline=p.baseline_version,
+        candidate=p.candidate_version,
+        steps=list(p.steps),
+        step_index=p.step_index,
+        state=state,
+        active=state in ("running", "paused"),
+        running=state == "running",
+        outcome=p.outcome,
+        step_since=when(p.step_started_at),
+        step_duration_s=p.step_duration_s,
+        min_requests=p.min_requests,
+        guards=[
+            GuardView(
+                guard=g.guard,
+                value=f"{g.value:.4g}" if g.judged else "-",
+                verdict=("holds" if g.holds else "fails") if g.judged else "waiting",
+            )
+            for g in p.guards
+        ],
+        candidate_requests=p.candidate_requests,
+        baseline_requests=p.baseline_requests,
+        window_s=p.window_s,
+        judged=when(p.judged_at) if p.driver else "",
+    )
+
+
+@dataclass(frozen=True)
 class DeploymentView:
     name: str
     model_id: str
@@ -158,6 +231,7 @@ class DeploymentView:
     # None when the registry serves no live figures (one from before GetLiveMetrics).
     live: list[LiveVersionView] | None = None
     live_window_s: float = 0.0
+    plan: PlanView | None = None  # the active rollout plan, else the last one; None: never had one
 
     @property
     def active(self) -> list[RouteView]:
@@ -173,6 +247,7 @@ def deployment_view(
     rollout: pb.RolloutStatus | None,
     workers: list[pb.WorkerStatus],
     live: pb.LiveMetrics | None = None,
+    plan: pb.RolloutPlan | None = None,
 ) -> DeploymentView:
     rollouts = {w.worker_id: w for w in rollout.workers} if rollout is not None else {}
     views: list[WorkerView] = []
@@ -237,6 +312,7 @@ def deployment_view(
         workers=views,
         live=live_versions(deployment, live) if live is not None else None,
         live_window_s=live.window_s if live is not None else 0.0,
+        plan=plan_view(plan) if plan is not None else None,
     )
 
 

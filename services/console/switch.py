@@ -184,6 +184,35 @@ async def rollback_submit(current: Page) -> Response:
     )
 
 
+PLAN_ACTIONS = ("pause", "resume", "abort")
+
+
+@page(admin=True)
+async def plan_submit(current: Page) -> Response:
+    """Pause, resume or abort the deployment's rollout plan (the registry drives it otherwise)."""
+    name = _name(current)
+    action = current.field("action")
+    if action not in PLAN_ACTIONS:
+        return await _render_deployment(
+            current, status=400, error=f"unknown plan action {action!r}: pause, resume or abort"
+        )
+    registry = await current.registry()
+    request = pb.RolloutPlanControlRequest(deployment=name, reason=f"{action} in the console")
+    call = {
+        "pause": registry.pause_rollout_plan,
+        "resume": registry.resume_rollout_plan,
+        "abort": registry.abort_rollout_plan,
+    }[action]
+    try:
+        await call(request)
+    except ModelyardError as error:
+        if error.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            raise
+        problem = current.console.backends.explain(error, service="registry")
+        return await _render_deployment(current, status=problem.status, error=problem.message)
+    return RedirectResponse(f"/deployments/{name}?{urlencode({'plan': action})}#rollout", 303)
+
+
 async def _change(
     current: Page, call: Callable[[RegistryClient], Awaitable[pb.Deployment]], *, switched: str
 ) -> Response:
