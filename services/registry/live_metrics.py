@@ -37,7 +37,9 @@ class LiveEvidence:
         self.heartbeat_ttl = dt.timedelta(seconds=heartbeat_ttl_s)
         self.live_window_s = live_window_s
 
-    async def live_metrics(self, deployment: str, *, window_s: float) -> LiveMetrics:
+    async def live_metrics(self, deployment: str, *, window_s: float, covering: bool = False) -> LiveMetrics:
+        """`covering`: a window of at least `window_s` (see `repository.live_windows`); the RPC's
+        windows are at most `window_s`."""
         if not math.isfinite(window_s) or window_s < 0 or window_s > self.live_window_s:
             raise InvalidArgument(
                 f"window_s is {window_s:g}; give 0 (= {self.default_window_s:g} s) or up to "
@@ -48,7 +50,11 @@ class LiveEvidence:
             if deployment:
                 await find_deployment(conn, deployment)  # NotFound names it
             windows = await repo.live_windows(
-                conn, live_within=self.heartbeat_ttl, window_s=window, deployment=deployment
+                conn,
+                live_within=self.heartbeat_ttl,
+                window_s=window,
+                deployment=deployment,
+                covering=covering,
             )
         at = windows[0].now if windows else dt.datetime.now(dt.UTC)
         return live_metrics(windows, window_s=window, deployment=deployment, at=at)

@@ -638,11 +638,13 @@ def _received_at(data: dict[str, Any]) -> dt.datetime:
 
 
 async def live_windows(
-    conn: Conn, *, live_within: dt.timedelta, window_s: float, deployment: str = ""
+    conn: Conn, *, live_within: dt.timedelta, window_s: float, deployment: str = "", covering: bool = False
 ) -> list[LiveWindow]:
     """For each live worker with counters (of those serving `deployment`, if given): its newest
     snapshot and a baseline of the same counter epoch: the oldest other snapshot received in the
     last `window_s`, else (a window shorter than the history's spacing) the newest one before it.
+    `covering` prefers the newest snapshot before the window and else the oldest inside it, so the
+    window covers at least `window_s` (by up to the history's spacing more) instead of at most.
     The history is searched in SQL, so only two snapshots per worker leave the database."""
     rows = await conn.fetch(
         "SELECT w.worker_id, w.live_latest AS newest, b.baseline, b.samples + 1 AS samples, now() AS now"
@@ -653,7 +655,7 @@ async def live_windows(
         "   SELECT w.live_latest->>'s' AS s, (w.live_latest->>'u')::float8 AS u OFFSET 0"
         " ) AS n"
         " CROSS JOIN LATERAL ("
-        "   SELECT (array_agg(h.e ORDER BY h.inside DESC, CASE WHEN h.inside THEN h.i ELSE -h.i END))[1]"
+        "   SELECT (array_agg(h.e ORDER BY h.inside = $4, CASE WHEN h.inside THEN h.i ELSE -h.i END))[1]"
         "            AS baseline,"
         "          count(*) FILTER (WHERE h.inside) AS samples"
         "   FROM ("
@@ -668,6 +670,7 @@ async def live_windows(
         live_within,
         window_s,
         deployment,
+        covering,
     )
     return [
         LiveWindow(

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import socket
+import time
 from collections.abc import Sequence
 
 import asyncpg
@@ -338,7 +339,9 @@ class RolloutPlans:
         if elapsed < plan.warmup_s and not failed_load:
             return  # the step's first seconds are not evidence
         window = min(max(elapsed - plan.warmup_s, MIN_WINDOW_S), self.live.live_window_s)
-        figures = await self.live.live_metrics(plan.deployment, window_s=window)
+        # Covering the step: a window found "to within the history's spacing" (5 s) could start
+        # after the step did and miss its first evidence.
+        figures = await self.live.live_metrics(plan.deployment, window_s=window, covering=True)
         by_version = {v.version: v.total for v in figures.versions}
         candidate = by_version.get(plan.candidate, LiveFigures(buckets=[]))
         baseline = by_version.get(plan.baseline, LiveFigures(buckets=[]))
@@ -463,14 +466,24 @@ class RolloutPlans:
         event(log, "rollout.advanced", deployment=plan.deployment, step=following + 1, weight=weight)
 
 
-class PlanDriver:
-    """Runs `RolloutPlans.drive_once` every `interval_s` while this replica holds the driver lock,
-    on a connection of its own (the lock lives as long as that session)."""
+# The driver judges at most this often, however fast heartbeats arrive (a fleet sends one per
+# worker-second).
+MIN_DRIVE_INTERVAL_S = 0.25
 
-    def __init__(self, plans: RolloutPlans, url: str, *, interval_s: float) -> None:
+
+class PlanDriver:
+    """Runs `RolloutPlans.drive_once` while this replica holds the driver lock, on a connection of
+    its own (the lock lives as long as that session): as soon as a heartbeat with counters reaches
+    this replica (`evidence`; at most every MIN_DRIVE_INTERVAL_S), and at least every `interval_s`
+    (heartbeats that land on other replicas reach the database all the same)."""
+
+    def __init__(
+        self, plans: RolloutPlans, url: str, *, interval_s: float, evidence: asyncio.Event | None = None
+    ) -> None:
         self.plans = plans
         self.url = url
         self.interval_s = interval_s
+        self.evidence = evidence or asyncio.Event()
         self.leading = False
 
     async def run(self) -> None:
@@ -497,8 +510,12 @@ class PlanDriver:
             self.leading = True
             event(log, "rollout.driver_leading", replica=self.plans.replica)
             while True:
+                started = time.monotonic()
+                self.evidence.clear()
                 await self.plans.drive_once()
-                await asyncio.sleep(self.interval_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.evidence.wait(), self.interval_s)
+                await asyncio.sleep(max(0.0, MIN_DRIVE_INTERVAL_S - (time.monotonic() - started)))
                 await conn.fetchval("SELECT 1")  # still holding the session (and so the lock)?
         finally:
             self.leading = False

@@ -59,6 +59,8 @@ class Rollouts:
         live_window_s: float = 180.0,
         live_sample_interval_s: float = 5.0,
     ) -> None:
+        # Set by every heartbeat with counters reaching this replica (see `PlanDriver`).
+        self.counters_arrived = asyncio.Event()
         self.db = db
         # A heartbeat's counters join the worker's history at most this often, kept this long.
         self.live_sample_every = dt.timedelta(seconds=live_sample_interval_s)
@@ -87,6 +89,8 @@ class Rollouts:
         served = frozenset(d.deployment for d in status.deployments)
         for name in served | self._served.pop(status.worker_id, frozenset()):
             self._wakeups.wake(name)
+        if status.counters is not None:
+            self.counters_arrived.set()  # new evidence: the rollout plan driver may judge at once
         if status.state != WorkerState.STOPPING:
             self._served[status.worker_id] = served  # re-inserted: the dict stays oldest-first
             if len(self._served) > MAX_REMEMBERED_WORKERS:

@@ -94,7 +94,10 @@ class RegistryServer:
         await self.grpc.set_serving(True)
         self._rollout_task = asyncio.create_task(self._export_rollouts(registry), name="rollout-gauge")
         self.driver = PlanDriver(
-            registry.plans, self.database_url, interval_s=self.settings.rollout_driver_interval_s
+            registry.plans,
+            self.database_url,
+            interval_s=self.settings.rollout_driver_interval_s,
+            evidence=registry.rollouts.counters_arrived,
         )
         self._driver_task = asyncio.create_task(self.driver.run(), name="rollout-plan-driver")
         if self.embedded is not None:
