@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 
@@ -63,6 +64,31 @@ async def _live_metrics(registry: RegistryClient, only: str) -> pb.LiveMetrics |
         return None
 
 
+class SwapClock:
+    """Per live stream: when each worker was first seen converged on its deployment's current
+    revision after being seen behind it, as seconds after the change (the registry's updated_at;
+    this console's clock, so skew between the hosts enters it; heartbeats and the 0.5 s re-read
+    make it an upper bound)."""
+
+    def __init__(self) -> None:
+        self._behind: set[tuple[str, int, str]] = set()
+        self._switched: dict[tuple[str, int, str], float] = {}
+
+    def stamp(self, views: list[DeploymentView], now: float) -> list[DeploymentView]:
+        stamped = []
+        for d in views:
+            workers = []
+            for w in d.workers:
+                key = (d.name, d.revision, w.worker_id)
+                if not (w.converged and w.revision == d.revision):
+                    self._behind.add(key)
+                elif key in self._behind and key not in self._switched and d.updated_at_s:
+                    self._switched[key] = max(0.0, now - d.updated_at_s)
+                workers.append(dataclasses.replace(w, switched_s=self._switched.get(key)))
+            stamped.append(dataclasses.replace(d, workers=workers))
+        return stamped
+
+
 def sse(kind: str, data: str) -> str:
     """One Server-Sent Event; every line of `data` gets its own `data:` field."""
     lines = data.splitlines() or [""]
@@ -97,6 +123,7 @@ async def live_events(current: Page, template: str, only: str = "") -> Response:
         last_html: str | None = None
         last_banner: str | None = None
         last_sent = time.monotonic()
+        clock = SwapClock()
         try:
             yield f"retry: {RECONNECT_MS}\n\n"
             while not console.stopping():
@@ -105,7 +132,7 @@ async def live_events(current: Page, template: str, only: str = "") -> Response:
                 # wakes the wait below at once instead of waiting for the next interval.
                 changed.clear()
                 try:
-                    views = await read_deployments(await current.registry(), only)
+                    views = clock.stamp(await read_deployments(await current.registry(), only), time.time())
                     html = current.fragment(template, deployments=views)
                 except ModelyardError as error:
                     problem = console.backends.explain(error, service="registry")

@@ -69,6 +69,9 @@ class WorkerView:
     converged: bool
     detail: str
     versions: list[LoadedView]
+    # Seconds from the deployment's change to this page's stream first seeing the worker converged
+    # on it; None unless the stream saw it behind first (see live.SwapClock).
+    switched_s: float | None = None
 
     @property
     def serving(self) -> list[str]:
@@ -228,6 +231,7 @@ class DeploymentView:
     embedding_dim: int
     converged: bool
     workers: list[WorkerView] = field(default_factory=list)
+    updated_at_s: float = 0.0  # the change, seconds since the epoch (registry clock)
     # None when the registry serves no live figures (one from before GetLiveMetrics).
     live: list[LiveVersionView] | None = None
     live_window_s: float = 0.0
@@ -236,6 +240,19 @@ class DeploymentView:
     @property
     def active(self) -> list[RouteView]:
         return [r for r in self.routes if r.weight > 0]
+
+    @property
+    def switch_s(self) -> float | None:
+        """The slowest worker's switch time, once every worker's was seen; else None."""
+        times = [w.switched_s for w in self.workers]
+        if not times or any(t is None for t in times):
+            return None
+        return max(t for t in times if t is not None)
+
+    @property
+    def failed_recently(self) -> int:
+        """Failed requests in the live window, every version, bad input (the caller's) excluded."""
+        return sum(n for v in self.live or [] for code, n in v.total.errors if code != "INVALID_ARGUMENT")
 
     @property
     def routes_text(self) -> str:
@@ -307,6 +324,9 @@ def deployment_view(
         follow_alias=deployment.follow_alias,
         revision=deployment.revision,
         updated_at=when(deployment.updated_at),
+        updated_at_s=deployment.updated_at.ToNanoseconds() / 1e9
+        if deployment.HasField("updated_at")
+        else 0.0,
         embedding_dim=deployment.signature.embedding_dim,
         converged=bool(rollout and rollout.converged),
         workers=views,

@@ -291,6 +291,13 @@ class SteadyLoad:
 _ROWS = "return [...document.querySelectorAll('#live tr[data-worker]')].map(r => [r.dataset.worker, r.dataset.serving, r.dataset.converged]);"
 
 
+_SWITCHED = (
+    "const out = {}; for (const row of document.querySelectorAll('#live tr[data-worker]')) {"
+    " const cell = row.querySelector('td[data-switched-s]');"
+    " if (cell) out[row.dataset.worker] = parseFloat(cell.dataset.switchedS); } return out;"
+)
+
+
 def test_switch_by_clicking_under_load_fails_no_request_and_shows_every_worker_flip(
     stack: Stack, browser: Any
 ) -> None:
@@ -326,6 +333,14 @@ def test_switch_by_clicking_under_load_fails_no_request_and_shows_every_worker_f
         assert done_at is not None, f"the page never showed every worker on 0.2.0: {states}"
         assert browser.execute_script("return window.__sameDocument === true;"), "the page was reloaded"
         time.sleep(0.5)
+        # Each worker the page saw flip says how long after the change it switched; and the page
+        # counts the failed requests of the live window (none: the swap lost nothing).
+        switched = wait_for(lambda: browser.execute_script(_SWITCHED), what="the swap times")
+        for worker, seen in states.items():
+            if len(seen) > 1:
+                assert 0 <= switched.get(worker, -1) <= 5.0, (worker, switched)
+        summary = browser.find_element(By.CSS_SELECTOR, "#live .swap-summary")
+        assert summary.get_attribute("data-failed-recently") == "0", summary.text
     finally:
         load.stop()
     assert load.failures == [], load.failures[:5]
