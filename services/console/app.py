@@ -15,7 +15,17 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard.client import ClientSettings
-from modelyard.console import benchmarks, catalog, compare, history, login, overview, register, switch
+from modelyard.console import (
+    benchmarks,
+    catalog,
+    compare,
+    history,
+    login,
+    metric_history,
+    overview,
+    register,
+    switch,
+)
 from modelyard.console.backends import Backends
 from modelyard.console.benchmark_jobs import BenchmarkJobs
 from modelyard.console.sessions import Logins, SessionCookies
@@ -127,6 +137,7 @@ def create_app(
         Route("/deployments/{name}/rollback", switch.rollback_submit, methods=["POST"]),
         Route("/deployments/{name}/plan", switch.plan_submit, methods=["POST"]),
         Route("/compare", compare.compare),
+        Route("/compare/history", metric_history.metric_history),
         Route("/benchmarks", benchmarks.benchmarks_page),
         Route("/benchmarks", benchmarks.benchmarks_submit, methods=["POST"]),
         Route("/benchmarks/{job}", benchmarks.job_page),

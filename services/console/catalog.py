@@ -1,13 +1,17 @@
 """The catalog: models and their versions as cards, searched and paged by the registry
-(ListVersions' page tokens, so a page costs the same at 10 versions or 10,000)."""
+(ListVersions' page tokens, so a page costs the same at 10 versions or 10,000), each card with its
+version's newest benchmark metrics (GetVersionMetrics, for the cards of the page only, at once)."""
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlencode
 
 from starlette.responses import Response
 
 from modelyard.api import registry_pb2 as pb
+from modelyard.client import RegistryClient
+from modelyard.common.errors import NotFound, Unimplemented
 from modelyard.console.present import model_type, version_card
 from modelyard.console.web import Page, page
 
@@ -21,6 +25,16 @@ def _page_size(current: Page) -> int:
     return current.console.settings.page_size
 
 
+async def newest_metrics(registry: RegistryClient, version: pb.ModelVersion) -> list[pb.VersionMetric]:
+    """The newest value of each metric of the version's succeeded runs; none for a registry from
+    before GetVersionMetrics, or a version removed since the listing. Other failures fail the page."""
+    try:
+        request = pb.GetVersionMetricsRequest(model_id=version.model_id, version=version.version)
+        return list((await registry.get_version_metrics(request)).metrics)
+    except (NotFound, Unimplemented):
+        return []
+
+
 @page()
 async def catalog(current: Page) -> Response:
     registry = await current.registry()
@@ -29,10 +43,15 @@ async def catalog(current: Page) -> Response:
     # Tokens of the pages before this one, so "previous" needs no server-side state.
     trail = current.request.query_params.getlist("trail")
     size = _page_size(current)
-    models = await registry.list_models(pb.ListModelsRequest(page_size=MAX_PAGE_SIZE))
-    versions = await registry.list_versions(
-        pb.ListVersionsRequest(model_id=model_id, query=query, page_size=size, page_token=token)
+    models, versions = await asyncio.gather(
+        registry.list_models(pb.ListModelsRequest(page_size=MAX_PAGE_SIZE)),
+        registry.list_versions(
+            pb.ListVersionsRequest(model_id=model_id, query=query, page_size=size, page_token=token)
+        ),
     )
+    # One call per card of this page, all at once: one round trip more for the page, though the
+    # registry still serves each (about 1 ms apiece in tests/bench/bench_console.py's setting).
+    metrics = await asyncio.gather(*(newest_metrics(registry, v) for v in versions.versions))
     wanted = {"model": model_id, "q": query, "page_size": str(size) if current.query("page_size") else ""}
     base = {k: v for k, v in wanted.items() if v}
 
@@ -48,7 +67,7 @@ async def catalog(current: Page) -> Response:
     return current.render(
         "catalog.html",
         models=[(m.model_id, model_type(m.model_type), m.description) for m in models.models],
-        cards=[version_card(v) for v in versions.versions],
+        cards=[version_card(v, m) for v, m in zip(versions.versions, metrics, strict=True)],
         model_id=model_id,
         query=query,
         page_number=len(trail) + 1 if token else 1,

@@ -15,7 +15,7 @@ from modelyard.api import registry_pb2 as rpb
 from modelyard.benchmark.results import base_name, is_per_request
 from modelyard.client import ModelyardError
 from modelyard.console.charts import Bar, Group, bar_chart
-from modelyard.console.present import when
+from modelyard.console.present import history_link, when
 from modelyard.console.web import CallFailed, Page, page
 
 RUNS_LISTED = 100
@@ -105,4 +105,6 @@ async def compare(current: Page) -> Response:
         baseline_label=_run_label(baseline) if baseline else "",
         candidate_label=_run_label(candidate) if candidate else "",
         charts=charts,
+        link=history_link,
+        history_link=history_link(baseline.model_id, "") if baseline is not None else "/compare/history",
     )

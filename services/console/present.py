@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
+import re
 from dataclasses import dataclass, field
+from urllib.parse import urlencode
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from modelyard.api import registry_pb2 as pb
+from modelyard.benchmark.results import base_name, higher_is_better, is_per_request
 
 _STATES = {
     pb.LOADING: "loading",
@@ -337,6 +341,31 @@ def deployment_view(
 
 
 @dataclass(frozen=True)
+class MetricView:
+    """One of a version's newest benchmark values (GetVersionMetrics), with where it came from."""
+
+    name: str
+    value: float
+    unit: str
+    suite: str
+    run_id: str
+    recorded_at: str
+    history_link: str
+
+    @property
+    def value_repr(self) -> str:
+        return repr(self.value)  # reads back as exactly the stored float
+
+    @property
+    def shown(self) -> str:
+        return f"{self.value:.4g}" + (f" {self.unit}" if self.unit and self.unit != "ratio" else "")
+
+    @property
+    def run_short(self) -> str:
+        return self.run_id if len(self.run_id) <= 16 else self.run_id[:12] + "…"
+
+
+@dataclass(frozen=True)
 class VersionCard:
     model_id: str
     version: str
@@ -354,6 +383,7 @@ class VersionCard:
     created_at: str
     archived: bool
     parent_version: str
+    metrics: list[MetricView] = field(default_factory=list)  # headline ones; empty: never benchmarked
 
 
 def _tensors(specs: list[pb.TensorSpec]) -> str:
@@ -367,7 +397,62 @@ def precision(config: pb.InferenceConfig) -> str:
     return config.dtype or "float32"
 
 
-def version_card(version: pb.ModelVersion) -> VersionCard:
+# Quality first (what a version is for), these two before any other; then capacity and latency.
+_LEADING_QUALITY = ("recall@10", "ndcg@10")
+_QUALITY_SHOWN = 2
+_LEVEL = re.compile(r"\[c=(\d+)\]$")
+
+
+def _level(name: str) -> int:
+    """The concurrency level of a load metric (`...[c=4]` -> 4); 0 for a suite's own one-at-a-time."""
+    found = _LEVEL.search(name)
+    return int(found.group(1)) if found else 0
+
+
+def headline_metrics(names_values: dict[str, float]) -> list[str]:
+    """Which of a version's metrics a card shows, in order: recall@10 and ndcg@10 (else the first
+    other quality scores by name), up to two; the peak throughput over the measured levels; the p50
+    latency at the lowest concurrency (a suite's own one-at-a-time calls before any load level)."""
+    quality = [n for n in _LEADING_QUALITY if n in names_values]
+    quality += sorted(
+        n for n in names_values if not is_per_request(n) and higher_is_better(n) and n not in quality
+    )
+    chosen = quality[:_QUALITY_SHOWN]
+    throughput = [
+        n for n in names_values if base_name(n).startswith("throughput") and math.isfinite(names_values[n])
+    ]
+    if throughput:
+        chosen.append(max(throughput, key=lambda n: (names_values[n], n)))
+    p50 = [n for n in names_values if base_name(n) == "latency_p50_ms"]
+    if p50:
+        chosen.append(min(p50, key=lambda n: (_level(n), n)))
+    return chosen
+
+
+def history_link(model_id: str, metric: str, suite: str = "", version: str = "") -> str:
+    """The Compare page's history chart of one metric across a model's runs."""
+    params = {"model": model_id, "metric": metric, "suite": suite, "version": version}
+    return "/compare/history?" + urlencode({k: v for k, v in params.items() if v})
+
+
+def metric_views(model_id: str, version: str, metrics: list[pb.VersionMetric]) -> list[MetricView]:
+    by_name = {m.name: m for m in metrics}
+    return [
+        MetricView(
+            name=m.name,
+            value=m.value,
+            unit=m.unit,
+            suite=m.suite,
+            run_id=m.run_id,
+            recorded_at=when(m.recorded_at),
+            history_link=history_link(model_id, m.name, m.suite, version),
+        )
+        for m in (by_name[n] for n in headline_metrics({n: m.value for n, m in by_name.items()}))
+    ]
+
+
+def version_card(version: pb.ModelVersion, metrics: list[pb.VersionMetric] | None = None) -> VersionCard:
+    """A version as a card; `metrics` are its newest benchmark values (GetVersionMetrics), if read."""
     return VersionCard(
         model_id=version.model_id,
         version=version.version,
@@ -385,6 +470,7 @@ def version_card(version: pb.ModelVersion) -> VersionCard:
         created_at=when(version.created_at),
         archived=version.status == pb.VERSION_STATUS_ARCHIVED,
         parent_version=version.lineage.parent_version,
+        metrics=metric_views(version.model_id, version.version, metrics or []),
     )
 
 

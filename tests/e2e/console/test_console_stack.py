@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from console_support import chromium, get, log_in, post, screenshot, session_of, wait_for
@@ -399,6 +400,29 @@ def test_compare_page_plots_the_stored_metrics(stack: Stack, browser: Any) -> No
     assert table["recall@10"][5] is True, "quality deltas carry a 95% interval"
     assert browser.find_element(By.ID, "winner").text in ("baseline", "candidate", "tie", "mixed")
     screenshot(browser, "compare")
+
+    # The catalog card of 0.1.0 shows its newest recall@10: the value of the run recorded above.
+    browser.get(stack.url + "/catalog?" + urlencode({"model": MODEL, "q": "0.1.0"}))
+    card = browser.find_element(By.CSS_SELECTOR, "#cards article.card[data-version='0.1.0']")
+    recall = card.find_element(By.CSS_SELECTOR, ".newest-metric[data-metric='recall@10']")
+    assert float(recall.get_attribute("data-value")) == stored[("baseline", "recall@10")]
+    assert (recall.get_attribute("data-run-id"), recall.get_attribute("data-suite")) == (
+        baseline.run_id,
+        baseline.suite,
+    )
+    screenshot(browser, "catalog-metrics")
+    # Its link opens the history chart, which plots both runs' values, in the order they were recorded.
+    recall.find_element(By.CSS_SELECTOR, "a.history-link").click()
+    wait_for(lambda: browser.find_elements(By.ID, "chart-history"), what="the history chart")
+    points = browser.execute_script(
+        "return [...document.querySelectorAll('#chart-history circle.point')].map(c => [c.dataset.runId,"
+        " c.dataset.version, c.dataset.value, c.classList.contains('highlight')]);"
+    )
+    assert [(r, v, float(x), mark) for r, v, x, mark in points] == [
+        (baseline.run_id, "0.1.0", stored[("baseline", "recall@10")], True),
+        (candidate.run_id, "0.2.0", stored[("candidate", "recall@10")], False),
+    ]
+    screenshot(browser, "history-chart")
 
 
 def test_readers_forgers_and_incompatible_switches_are_refused(stack: Stack, browser: Any) -> None:
