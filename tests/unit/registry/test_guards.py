@@ -103,3 +103,20 @@ def test_a_percentile_waits_until_an_observation_lies_above_it() -> None:
     )
     assert [r.judged for r in few.readings] == [False, True], "a p99 of 60 requests is their maximum"
     assert few.decision is Decision.ROLL_BACK and few.failed is not None and few.failed.metric == "p95_ratio"
+
+
+def test_drift_is_judged_on_enough_items_only() -> None:
+    guards = parse_guards(["drift <= 0.2"])
+    few = figures(400)
+    few.drift, few.drift_live = {"output_cosine": 0.3}, {"output_cosine": [100] + [0] * 19}
+    assert (
+        not judge(guards, few, figures(400), min_requests=50, step_elapsed_s=1, step_duration_s=60)
+        .readings[0]
+        .judged
+    )
+    many = figures(400)
+    many.drift = {"output_cosine": 0.3, "input_size": 0.05}
+    many.drift_live = {"output_cosine": [300] + [0] * 19, "input_size": [300] + [0] * 19}
+    verdict = judge(guards, many, figures(400), min_requests=50, step_elapsed_s=1, step_duration_s=60)
+    assert verdict.decision is Decision.ROLL_BACK and verdict.failed is not None
+    assert verdict.failed.value == pytest.approx(0.3), "the largest signal's score"
