@@ -29,8 +29,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -42,6 +40,7 @@ from typing import Any
 import asyncpg
 from report import git_commit, machine, write_section
 from support import PostgresInstance, ServerProcess, free_port, make_postgres_dir
+from up_support import modelyard_up
 
 from modelyard.api import registry_pb2 as pb
 from modelyard.client.sync import RegistryClient
@@ -348,31 +347,8 @@ def tiny_stack(root: Path, admin: str, reader: str) -> Iterator[dict[str, Any]]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            "MODELYARD_ARTIFACT_STORE": str(root / "artifacts"),
            "MODELYARD_ADMIN_TOKENS": f"ops:{admin}", "MODELYARD_READER_TOKENS": f"dash:{reader}"}  # fmt: skip
-    log = (root / "up.log").open("w")
-    up = subprocess.Popen(
-        [sys.executable, "-m", "modelyard.cli.main", "up", "--data-dir", str(root / "stack"),
-         "--registry-port", "0", "--benchmark-port", "0", "--console-port", "0",
-         "--tiny-text", "--text-workers", "2"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    state_file = root / "stack" / "stack.json"
-    try:
-        deadline = time.monotonic() + 300
-        while not state_file.exists() and up.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not state_file.exists():
-            output = (root / "up.log").read_text(errors="replace")[-4000:]
-            raise RuntimeError(f"modelyard up did not come up (exit {up.poll()}):\n{output}")
-        yield json.loads(state_file.read_text())
-    finally:
-        if up.poll() is None:
-            up.terminate()
-            try:
-                up.wait(60)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
-        log.close()
+    with modelyard_up(root, env, "--tiny-text", "--text-workers", "2") as running:
+        yield running.state
 
 
 def second_version(registry: RegistryClient) -> tuple[str, str]:

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import pytest
 from support import single_error_line
+from up_support import modelyard_up
 
 from modelyard.api import registry_pb2 as rpb
 from modelyard.cli.example_models import example_model_dir
@@ -70,32 +71,17 @@ def stack() -> Iterator[Stack]:
         "MODELYARD_ARTIFACT_STORE": str(root / "artifacts"),
     }
     # The image and captioning workers start but wait: nothing here needs their tiny models.
-    up = subprocess.Popen(
-        [sys.executable, "-m", "modelyard.cli.main", "up", "--data-dir", str(root / "stack"),
-         "--registry-port", "0", "--benchmark-port", "0", "--console-port", "0", "--text-workers", "2",
-         "--skip-seed", DEPLOYMENT, "--skip-seed", "image-embedding", "--skip-seed", "captioning"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    state_file = root / "stack" / "stack.json"
-    deadline = time.monotonic() + 240
-    while not state_file.exists() and up.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if not state_file.exists():
-        up.kill()
-        out, err = up.communicate()
-        pytest.fail(f"modelyard up did not come up:\n{out}\n{err}")
-    state = json.loads(state_file.read_text())
-    env["MODELYARD_REGISTRY_ADDRESS"] = state["registry"]["address"]
-    env["MODELYARD_BENCHMARK_ADDRESS"] = state["benchmark"]["address"]
-    yield Stack(up, state, env)
-    if up.poll() is None:
-        up.terminate()
-        try:
-            up.wait(60)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            up.wait()
-    shutil.rmtree(root, ignore_errors=True)
+    try:
+        with modelyard_up(
+            root, env, "--text-workers", "2",
+            "--skip-seed", DEPLOYMENT, "--skip-seed", "image-embedding", "--skip-seed", "captioning",
+            timeout_s=240,
+        ) as running:  # fmt: skip
+            env["MODELYARD_REGISTRY_ADDRESS"] = running.state["registry"]["address"]
+            env["MODELYARD_BENCHMARK_ADDRESS"] = running.state["benchmark"]["address"]
+            yield Stack(running.process, running.state, env)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @dataclass

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,6 +24,7 @@ import pytest
 from console_support import chromium, cookie_header, get, log_in, post, screenshot, session_of, wait_for
 from selenium.webdriver.common.by import By
 from support import ServerProcess, free_port, spawn_registry
+from up_support import modelyard_up
 
 from modelyard.api import benchmark_pb2 as bpb
 from modelyard.api import registry_pb2 as pb
@@ -70,42 +70,21 @@ def stack() -> Iterator[Stack]:
         "MODELYARD_ADMIN_TOKENS": f"ops:{admin_token}",
         "MODELYARD_READER_TOKENS": f"dash:{reader_token}",
     }
-    up = subprocess.Popen(
-        [
-            sys.executable, "-m", "modelyard.cli.main", "up", "--data-dir", str(root / "stack"),
-            "--registry-port", "0", "--benchmark-port", "0", "--console-port", "0",
-            "--tiny-text", "--text-workers", "1",
-        ],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    state_file = root / "stack" / "stack.json"
-    deadline = time.monotonic() + 300
-    while not state_file.exists() and up.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if not state_file.exists():
-        up.kill()
-        out, err = up.communicate()
-        pytest.fail(f"modelyard up did not come up:\n{out}\n{err}")
-    state = json.loads(state_file.read_text())
-    for name in ("MODELYARD_ADMIN_TOKENS", "MODELYARD_READER_TOKENS"):
-        del env[name]
-    env.update(
-        MODELYARD_REGISTRY_ADDRESS=state["registry"]["address"],
-        MODELYARD_BENCHMARK_ADDRESS=state["benchmark"]["address"],
-        MODELYARD_TOKEN=admin_token,
-    )
-    stack = Stack(up, state, env, root, admin_token, reader_token, state["console"]["url"].rstrip("/"))
     try:
-        _register_second_version(stack)
-        yield stack
+        with modelyard_up(root, env, "--tiny-text", "--text-workers", "1") as running:
+            state = running.state
+            for name in ("MODELYARD_ADMIN_TOKENS", "MODELYARD_READER_TOKENS"):
+                del env[name]
+            env.update(
+                MODELYARD_REGISTRY_ADDRESS=state["registry"]["address"],
+                MODELYARD_BENCHMARK_ADDRESS=state["benchmark"]["address"],
+                MODELYARD_TOKEN=admin_token,
+            )
+            url = state["console"]["url"].rstrip("/")
+            stack = Stack(running.process, state, env, root, admin_token, reader_token, url)
+            _register_second_version(stack)
+            yield stack
     finally:
-        if up.poll() is None:
-            up.terminate()
-            try:
-                up.wait(60)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
         shutil.rmtree(root, ignore_errors=True)
 
 

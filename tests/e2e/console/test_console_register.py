@@ -5,13 +5,10 @@ shows next to its field with its status; a reader gets no form and a forged POST
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +17,7 @@ from typing import Any
 import pytest
 from console_support import chromium, get, log_in, post, screenshot, session_of, wait_for
 from selenium.webdriver.common.by import By
+from up_support import modelyard_up
 
 from modelyard.api import registry_pb2 as pb
 from modelyard.client.sync import RegistryClient
@@ -61,40 +59,19 @@ def stack() -> Iterator[Stack]:
         "MODELYARD_ADMIN_TOKENS": f"ops:{admin_token}",
         "MODELYARD_READER_TOKENS": f"dash:{reader_token}",
     }
-    up = subprocess.Popen(
-        [
-            sys.executable, "-m", "modelyard.cli.main", "up", "--data-dir", str(root / "stack"),
-            "--registry-port", "0", "--benchmark-port", "0", "--console-port", "0", "--tiny-text",
-        ],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    state_file = root / "stack" / "stack.json"
-    deadline = time.monotonic() + 300
-    while not state_file.exists() and up.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if not state_file.exists():
-        up.kill()
-        out, err = up.communicate()
-        pytest.fail(f"modelyard up did not come up:\n{out}\n{err}")
-    state = json.loads(state_file.read_text())
     try:
-        yield Stack(
-            up,
-            root,
-            imports,
-            state["registry"]["address"],
-            admin_token,
-            reader_token,
-            url=state["console"]["url"].rstrip("/"),
-        )
+        with modelyard_up(root, env, "--tiny-text") as running:
+            state = running.state
+            yield Stack(
+                running.process,
+                root,
+                imports,
+                state["registry"]["address"],
+                admin_token,
+                reader_token,
+                url=state["console"]["url"].rstrip("/"),
+            )
     finally:
-        if up.poll() is None:
-            up.terminate()
-            try:
-                up.wait(60)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -5,7 +5,6 @@ browser for the module; tiny text models (two text workers) keep it quick on two
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -24,6 +23,7 @@ from urllib.parse import urlencode
 import pytest
 from console_support import chromium, get, log_in, post, screenshot, session_of, wait_for
 from selenium.webdriver.common.by import By
+from up_support import modelyard_up
 
 from modelyard.api import registry_pb2 as pb
 from modelyard.client import ModelyardError
@@ -148,43 +148,22 @@ def stack() -> Iterator[Stack]:
         "MODELYARD_READER_TOKENS": f"dash:{reader_token}",
         "MODELYARD_CONSOLE_PAGE_SIZE": str(PAGE_SIZE),
     }
-    up = subprocess.Popen(
-        [
-            sys.executable, "-m", "modelyard.cli.main", "up", "--data-dir", str(root / "stack"),
-            "--registry-port", "0", "--benchmark-port", "0", "--console-port", "0",
-            "--tiny-text", "--text-workers", "2",
-        ],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    state_file = root / "stack" / "stack.json"
-    deadline = time.monotonic() + 300
-    while not state_file.exists() and up.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if not state_file.exists():
-        up.kill()
-        out, err = up.communicate()
-        pytest.fail(f"modelyard up did not come up:\n{out}\n{err}")
-    state = json.loads(state_file.read_text())
-    for name in ("MODELYARD_ADMIN_TOKENS", "MODELYARD_READER_TOKENS"):
-        del env[name]
-    env.update(
-        MODELYARD_REGISTRY_ADDRESS=state["registry"]["address"],
-        MODELYARD_BENCHMARK_ADDRESS=state["benchmark"]["address"],
-        MODELYARD_TOKEN=admin_token,
-    )
-    stack = Stack(up, state, env, root, admin_token, reader_token, url=state["console"]["url"].rstrip("/"))
     try:
-        _register_versions(stack)
-        _record_runs(stack)
-        yield stack
+        with modelyard_up(root, env, "--tiny-text", "--text-workers", "2") as running:
+            state = running.state
+            for name in ("MODELYARD_ADMIN_TOKENS", "MODELYARD_READER_TOKENS"):
+                del env[name]
+            env.update(
+                MODELYARD_REGISTRY_ADDRESS=state["registry"]["address"],
+                MODELYARD_BENCHMARK_ADDRESS=state["benchmark"]["address"],
+                MODELYARD_TOKEN=admin_token,
+            )
+            url = state["console"]["url"].rstrip("/")
+            stack = Stack(running.process, state, env, root, admin_token, reader_token, url=url)
+            _register_versions(stack)
+            _record_runs(stack)
+            yield stack
     finally:
-        if up.poll() is None:
-            up.terminate()
-            try:
-                up.wait(60)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
         shutil.rmtree(root, ignore_errors=True)
 
 

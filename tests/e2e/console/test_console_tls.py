@@ -9,7 +9,6 @@ text models (two text workers) keep it quick on two cores."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -31,6 +30,7 @@ import pytest
 from console_support import chromium, get, log_in, post, session_of, wait_for
 from nss_trust import home_trusting
 from selenium.webdriver.common.by import By
+from up_support import modelyard_up
 
 from modelyard.api import registry_pb2 as pb
 from modelyard.client import ModelyardError
@@ -86,18 +86,6 @@ class Stack:
         return [w for w in self.state["workers"] if w["deployment"] == DEPLOYMENT]
 
 
-def _wait_for_file(path: Path, text: str, up: subprocess.Popen[str], timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and up.poll() is None:
-        found = path.read_text(encoding="utf-8") if path.exists() else ""
-        if text in found:
-            return found
-        time.sleep(0.2)
-    up.kill()
-    up.wait()
-    pytest.fail(f"modelyard up --tls did not come up (no {text!r}):\n{path.read_text(encoding='utf-8')}")
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     root = Path(tempfile.mkdtemp(prefix="modelyard-console-tls-"))
@@ -113,44 +101,31 @@ def stack() -> Iterator[Stack]:
         MODELYARD_ADMIN_TOKENS=f"ops:{admin_token}",
         MODELYARD_READER_TOKENS=f"dash:{reader_token}",
     )
-    up_output = root / "up.out"
-    with up_output.open("w", encoding="utf-8") as out:
-        up = subprocess.Popen(
-            [
-                sys.executable, "-m", "modelyard.cli.main", "up", "--data-dir", str(root / "stack"),
-                "--registry-port", "0", "--benchmark-port", "0", "--console-port", "0",
-                "--tiny-text", "--text-workers", "2", "--tls",
-            ],
-            env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
     try:
-        _wait_for_file(up_output, "modelyard is up", up, 300)
-        state = json.loads((root / "stack" / "stack.json").read_text())
-        ca_file = Path(state["tls_ca_file"])
-        for name in ("MODELYARD_ADMIN_TOKENS", "MODELYARD_READER_TOKENS"):
-            del env[name]
-        env.update(
-            MODELYARD_REGISTRY_ADDRESS=state["registry"]["address"],
-            MODELYARD_BENCHMARK_ADDRESS=state["benchmark"]["address"],
-            MODELYARD_TOKEN=admin_token,
-            MODELYARD_TLS="true",
-            MODELYARD_TLS_CA_FILE=str(ca_file),
-        )
-        url = state["console"]["url"].rstrip("/")
-        stack = Stack(up, state, env, root, up_output, admin_token, reader_token, ca_file, url)
-        from modelyard.inference.tiny_models import build_tiny_sentence_transformer
+        with modelyard_up(
+            root, env, "--tiny-text", "--text-workers", "2", "--tls", ready_text="modelyard is up"
+        ) as running:
+            state = running.state
+            ca_file = Path(state["tls_ca_file"])
+            for name in ("MODELYARD_ADMIN_TOKENS", "MODELYARD_READER_TOKENS"):
+                del env[name]
+            env.update(
+                MODELYARD_REGISTRY_ADDRESS=state["registry"]["address"],
+                MODELYARD_BENCHMARK_ADDRESS=state["benchmark"]["address"],
+                MODELYARD_TOKEN=admin_token,
+                MODELYARD_TLS="true",
+                MODELYARD_TLS_CA_FILE=str(ca_file),
+            )
+            url = state["console"]["url"].rstrip("/")
+            stack = Stack(
+                running.process, state, env, root, running.log, admin_token, reader_token, ca_file, url
+            )
+            from modelyard.inference.tiny_models import build_tiny_sentence_transformer
 
-        retrained = build_tiny_sentence_transformer(root / "tiny-b", seed=1)
-        stack.cli("models", "import", str(retrained), "--model", MODEL, "--version", "0.2.0")
-        yield stack
+            retrained = build_tiny_sentence_transformer(root / "tiny-b", seed=1)
+            stack.cli("models", "import", str(retrained), "--model", MODEL, "--version", "0.2.0")
+            yield stack
     finally:
-        if up.poll() is None:
-            up.terminate()
-            try:
-                up.wait(60)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
         shutil.rmtree(root, ignore_errors=True)
 
 
