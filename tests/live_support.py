@@ -116,8 +116,8 @@ class TrafficWorker:
     def _latency(self, version: str) -> float:
         return self.latency_s.get(version, 0.004)
 
-    def _count(self, version: str, requests: int) -> None:
-        s = self.series.setdefault(version, _Series(since_s=time.monotonic() - self.started))
+    def _count(self, version: str, requests: int, now: float) -> None:
+        s = self.series.setdefault(version, _Series(since_s=now - self.started))
         failed = round(requests * self.error_share.get(version, 0.0))
         s.requests += requests
         s.errors += failed
@@ -131,7 +131,7 @@ class TrafficWorker:
             due = self.carry.get(route.version, 0.0) + self.rate * elapsed * route.weight / 100
             whole = int(due)
             self.carry[route.version] = due - whole
-            self._count(route.version, whole)
+            self._count(route.version, whole, now)
         status = pb.WorkerStatus(worker_id=self.worker_id, state="serving")
         loaded = [
             pb.LoadedVersion(

@@ -25,6 +25,8 @@ from modelyard.cli.errors import EXIT_REFUSED
 from modelyard.client import ModelyardError, RegistryClient
 from modelyard.client.channel import open_channel
 from modelyard.client.settings import ClientSettings
+from modelyard.common.auth import token_verifier
+from modelyard.common.latency import BUCKET_COUNT
 from modelyard.registry.server import RegistryServer
 from modelyard.registry.settings import RegistrySettings
 
@@ -39,9 +41,12 @@ GUARDS = ["error_rate <= 0.02", "p99_ratio <= 1.5"]
 
 
 @contextlib.asynccontextmanager
-async def serving(database_url: str) -> AsyncIterator[RegistryServer]:
+async def serving(database_url: str, **overrides: object) -> AsyncIterator[RegistryServer]:
+    settings = {**FAST, **overrides}
     server = RegistryServer(
-        RegistrySettings(database_url=database_url, port=0, metrics_port=None, poll_interval_s=0.5, **FAST)  # type: ignore[arg-type]
+        RegistrySettings(
+            database_url=database_url, port=0, metrics_port=None, poll_interval_s=0.5, **settings
+        )  # type: ignore[arg-type]
     )
     await server.start()
     try:
@@ -50,8 +55,8 @@ async def serving(database_url: str) -> AsyncIterator[RegistryServer]:
         await server.stop()
 
 
-async def seed(address: str) -> None:
-    async with open_channel(address, ClientSettings()) as channel:
+async def seed(address: str, token: str = "") -> None:
+    async with open_channel(address, ClientSettings(token=token or None)) as channel:
         stub = Stub(channel)
         for version in ("1.0.0", "1.1.0"):
             await register(stub, version)
@@ -341,3 +346,61 @@ async def test_the_cli_starts_shows_controls_and_waits_for_a_plan(database_url: 
             assert code == 0, err
             assert "succeeded (promoted" in out, out
         assert (await wait_for_end(client)).state == pb.ROLLOUT_PLAN_SUCCEEDED
+
+
+async def test_with_tokens_only_admins_drive_plans_and_bad_drift_counts_are_refused(
+    database_url: str,
+) -> None:
+    """As users deploy it: readers see plans, only admins start or control them; a worker's
+    heartbeat with malformed drift histograms is refused whole and changes nothing."""
+    tokens = {
+        "admin_tokens": "ops:admin-secret",
+        "reader_tokens": "dash:read-secret",
+        "worker_tokens": f"w1:{token_verifier('worker-secret')}",
+    }
+    async with serving(database_url, **tokens) as server:
+        await seed(server.address, token="admin-secret")
+        async with (
+            RegistryClient(server.address, token="admin-secret") as admin,
+            RegistryClient(server.address, token="read-secret") as reader,
+            RegistryClient(server.address, token="worker-secret") as worker_client,
+        ):
+            for client, code in [
+                (reader, grpc.StatusCode.PERMISSION_DENIED),
+                (worker_client, grpc.StatusCode.PERMISSION_DENIED),
+            ]:
+                with pytest.raises(ModelyardError) as refused:
+                    await client.start_rollout_plan(start_request())
+                assert refused.value.code == code
+            await admin.start_rollout_plan(start_request(step_duration_s=60.0))
+            plan = await reader.get_rollout_plan(pb.GetRolloutPlanRequest(deployment="text"))
+            assert plan.state == pb.ROLLOUT_PLAN_RUNNING and plan.created_by == "ops"
+            for call in (reader.pause_rollout_plan, reader.abort_rollout_plan):
+                with pytest.raises(ModelyardError) as refused:
+                    await call(pb.RolloutPlanControlRequest(deployment="text"))
+                assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+            assert (
+                await admin.pause_rollout_plan(pb.RolloutPlanControlRequest(deployment="text"))
+            ).state == (pb.ROLLOUT_PLAN_PAUSED)
+
+            worker = TrafficWorker(worker_client, worker_id="w1")
+            await worker.beat()
+            good = worker_client.report_status
+            for drift, message in [
+                (pb.DriftCounts(signal="vibes", reference=[1] * 20, live=[1] * 20), "unknown drift signal"),
+                (pb.DriftCounts(signal="output_cosine", reference=[1] * 3, live=[1] * 20), "20 bins"),
+                (pb.DriftCounts(signal="output_cosine", reference=[1] * 20, live=[-1] * 20), "negative"),
+            ]:
+                status = pb.WorkerStatus(worker_id="w1", state="serving")
+                status.counters.started_at.FromNanoseconds(worker.started_at_ns)
+                status.counters.uptime_s = 10.0
+                status.counters.versions.add(
+                    deployment="text", version="1.0.0", since_s=0.0, requests=5, items=5,
+                    latency_buckets=[0] * BUCKET_COUNT, drift=[drift],
+                )  # fmt: skip
+                with pytest.raises(ModelyardError) as refused:
+                    await good(pb.ReportStatusRequest(status=status))
+                assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+                assert message in refused.value.message and "nothing was stored" in refused.value.message
+            workers = await admin.list_workers(pb.ListWorkersRequest(deployment="text"))
+            assert [w.worker_id for w in workers.workers] == ["w1"], "the earlier good heartbeat stands"
