@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 import shutil
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -161,3 +163,56 @@ def get(url: str, cookie: str = "", context: ssl.SSLContext | None = None) -> tu
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+
+
+class WorkerLoad:
+    """A backend calling each worker in `workers` ({name: address}) back to back with `token` and
+    no client retries (so any failed request counts), `pause_s` between requests, noting when each
+    worker first answered with `target`. `client_options` go to InferenceClient (e.g. TLS)."""
+
+    def __init__(
+        self,
+        workers: dict[str, str],
+        deployment: str,
+        target: str,
+        *,
+        token: str,
+        pause_s: float,
+        **client_options: Any,
+    ) -> None:
+        self.deployment = deployment
+        self.target = target
+        self.token = token
+        self.pause_s = pause_s
+        self.client_options = client_options
+        self.versions: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self.first_target: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(name, address), daemon=True)
+            for name, address in workers.items()
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, name: str, address: str) -> None:
+        from modelyard.client import ModelyardError
+        from modelyard.client.sync import InferenceClient
+
+        options = {"retry_attempts": 1, "timeout_s": 30, **self.client_options}
+        with InferenceClient(address, token=self.token, **options) as worker:
+            while not self._stop.is_set():
+                try:
+                    version = worker.embed_texts(self.deployment, ["hello world", "a red fox jumps"]).version
+                    self.versions[version] += 1
+                    if version == self.target and name not in self.first_target:
+                        self.first_target[name] = time.monotonic()
+                except ModelyardError as error:
+                    self.failures.append(f"{name}: {error.code.name}: {error.message}")
+                self._stop.wait(self.pause_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)

@@ -10,10 +10,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +19,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from console_support import chromium, get, log_in, post, screenshot, session_of, wait_for
+from console_support import WorkerLoad, chromium, get, log_in, post, screenshot, session_of, wait_for
 from selenium.webdriver.common.by import By
 from up_support import modelyard_up
 
 from modelyard.api import registry_pb2 as pb
-from modelyard.client import ModelyardError
-from modelyard.client.sync import InferenceClient, RegistryClient
+from modelyard.client.sync import RegistryClient
 from modelyard.common.auth import new_token
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -233,41 +230,6 @@ def test_catalog_shows_the_seeded_models_and_searches_and_pages(stack: Stack, br
     screenshot(browser, "catalog")
 
 
-class SteadyLoad:
-    """A backend calling each text worker back to back (reader token, no client retries, so any
-    failed request counts), noting when each worker first answered with `target`."""
-
-    def __init__(self, stack: Stack, target: str) -> None:
-        self.target = target
-        self.versions: Counter[str] = Counter()
-        self.failures: list[str] = []
-        self.first_target: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(stack, w["name"], w["address"]), daemon=True)
-            for w in stack.text_workers()
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def _run(self, stack: Stack, name: str, address: str) -> None:
-        with InferenceClient(address, token=stack.reader_token, retry_attempts=1, timeout_s=30) as worker:
-            while not self._stop.is_set():
-                try:
-                    version = worker.embed_texts(DEPLOYMENT, ["hello world", "a red fox jumps"]).version
-                    self.versions[version] += 1
-                    if version == self.target and name not in self.first_target:
-                        self.first_target[name] = time.monotonic()
-                except ModelyardError as error:
-                    self.failures.append(f"{name}: {error.code.name}: {error.message}")
-                self._stop.wait(0.01)
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(10)
-
-
 _ROWS = "return [...document.querySelectorAll('#live tr[data-worker]')].map(r => [r.dataset.worker, r.dataset.serving, r.dataset.converged]);"
 
 
@@ -285,7 +247,7 @@ def test_switch_by_clicking_under_load_fails_no_request_and_shows_every_worker_f
     browser.get(stack.url + f"/deployments/{DEPLOYMENT}")
     rows = wait_for(lambda: browser.execute_script(_ROWS), what="the worker rows")
     assert len(rows) == 2 and all(serving == "0.1.0" for _, serving, _ in rows), rows
-    load = SteadyLoad(stack, "0.2.0")
+    load = WorkerLoad(_workers(stack), DEPLOYMENT, "0.2.0", token=stack.reader_token, pause_s=0.01)
     try:
         wait_for(lambda: sum(load.versions.values()) > 20, what="steady load")
         browser.find_element(By.ID, "switch-0.2.0").click()
@@ -517,3 +479,7 @@ def test_canary_weight_and_one_click_rollback(stack: Stack, browser: Any) -> Non
     browser.find_element(By.ID, "rollback").click()
     wait_for(lambda: "switched=rollback" in browser.current_url, what="the rollback")
     assert list(stack.deployment().routes) == [pb.Route(version="0.3.0", weight=100)]
+
+
+def _workers(stack: Stack) -> dict[str, str]:
+    return {w["name"]: w["address"] for w in stack.text_workers()}

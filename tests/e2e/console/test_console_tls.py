@@ -16,10 +16,8 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +25,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from console_support import chromium, get, log_in, post, session_of, wait_for
+from console_support import WorkerLoad, chromium, get, log_in, post, session_of, wait_for
 from nss_trust import home_trusting
 from selenium.webdriver.common.by import By
 from up_support import modelyard_up
 
 from modelyard.api import registry_pb2 as pb
-from modelyard.client import ModelyardError
-from modelyard.client.sync import InferenceClient, RegistryClient
+from modelyard.client.sync import RegistryClient
 from modelyard.common.auth import new_token
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -247,49 +244,6 @@ def test_overview_live_region_follows_route_changes_over_tls(stack: Stack, brows
     assert int(revision) > before.revision
 
 
-class LightLoad:
-    """A backend calling each text worker over TLS with the reader token, one request per 50 ms
-    per worker, no client retries (any failed request counts), noting when each worker first
-    answered with `target`."""
-
-    def __init__(self, stack: Stack, target: str) -> None:
-        self.target = target
-        self.versions: Counter[str] = Counter()
-        self.failures: list[str] = []
-        self.first_target: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(stack, w["name"], w["address"]), daemon=True)
-            for w in stack.text_workers()
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def _run(self, stack: Stack, name: str, address: str) -> None:
-        with InferenceClient(
-            address,
-            token=stack.reader_token,
-            tls=True,
-            tls_ca_file=str(stack.ca_file),
-            retry_attempts=1,
-            timeout_s=30,
-        ) as worker:
-            while not self._stop.is_set():
-                try:
-                    version = worker.embed_texts(DEPLOYMENT, ["hello world", "a red fox jumps"]).version
-                    self.versions[version] += 1
-                    if version == self.target and name not in self.first_target:
-                        self.first_target[name] = time.monotonic()
-                except ModelyardError as error:
-                    self.failures.append(f"{name}: {error.code.name}: {error.message}")
-                self._stop.wait(0.05)
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(10)
-
-
 def test_switch_clicked_over_https_fails_no_request_of_a_tls_load(stack: Stack, browser: Any) -> None:
     log_in(browser, stack.url, stack.admin_token)
     target = stack.other_version()
@@ -297,7 +251,10 @@ def test_switch_clicked_over_https_fails_no_request_of_a_tls_load(stack: Stack, 
     browser.get(stack.url + f"/deployments/{DEPLOYMENT}")
     rows = wait_for(lambda: browser.execute_script(_ROWS, scope), what="the worker rows")
     assert len(rows) == 2 and all(target not in serving.split() for _, serving, _ in rows), rows
-    load = LightLoad(stack, target)
+    load = WorkerLoad(
+        _workers(stack), DEPLOYMENT, target, token=stack.reader_token, pause_s=0.05,
+        tls=True, tls_ca_file=str(stack.ca_file),
+    )  # fmt: skip
     try:
         wait_for(lambda: sum(load.versions.values()) > 20, timeout=30, what="steady load over TLS")
         browser.find_element(By.ID, f"switch-{target}").click()
@@ -349,3 +306,7 @@ def test_reader_is_refused_a_forged_post_over_https(stack: Stack, browser: Any) 
     )
     assert status == 403 and "logged in with a reader token" in body, status
     assert stack.deployment().revision == before.revision, "nothing changed"
+
+
+def _workers(stack: Stack) -> dict[str, str]:
+    return {w["name"]: w["address"] for w in stack.text_workers()}

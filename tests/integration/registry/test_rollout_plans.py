@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -42,11 +43,11 @@ GUARDS = ["error_rate <= 0.02", "p99_ratio <= 1.5"]
 
 @contextlib.asynccontextmanager
 async def serving(database_url: str, **overrides: object) -> AsyncIterator[RegistryServer]:
-    settings = {**FAST, **overrides}
+    settings: dict[str, Any] = {**FAST, **overrides}
     server = RegistryServer(
         RegistrySettings(
             database_url=database_url, port=0, metrics_port=None, poll_interval_s=0.5, **settings
-        )  # type: ignore[arg-type]
+        )
     )
     await server.start()
     try:
