@@ -60,8 +60,8 @@ proto-check: $(STAMP)
 	@echo "generated code is fresh"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check services tests
-	$(VENV)/bin/ruff format --check services tests
+	$(VENV)/bin/ruff check services tests examples
+	$(VENV)/bin/ruff format --check services tests examples
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)
 	for d in services/*/; do ln -s ../../../$$d $(TYPECHECK)/$$(basename $$d); done
 	$(VENV)/bin/mypy

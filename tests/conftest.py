@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -13,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 import pytest_asyncio
-from support import PostgresInstance, make_postgres_dir
+from support import PostgresInstance, ServerProcess, make_postgres_dir, spawn_registry
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -33,6 +34,17 @@ def _test_artifact_roots() -> str:
 os.environ["MODELYARD_ARTIFACT_ROOTS"] = _test_artifact_roots()
 
 TEMPLATE_DB = "modelyard_template"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logfinish() -> None:
+    """Forget the last failure pytest keeps in `sys.last_*` for a debugger. Its traceback holds the
+    failed test's frames, and with them its gRPC channels, servers and worker handles, alive until
+    the interpreter exits: objects of a closed event loop finalized at exit, beside native threads,
+    are how a failing run can end in a crash that hides which test failed."""
+    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+        if hasattr(sys, name):
+            delattr(sys, name)
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +85,16 @@ async def database_url(postgres: PostgresInstance, migrated_template: str) -> As
         await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     finally:
         await conn.close()
+
+
+@pytest.fixture
+def registry_process(database_url: str) -> Iterator[ServerProcess]:
+    """A registry server in a process of its own (`python -m modelyard.registry`) on a free port."""
+    process = spawn_registry(database_url)
+    try:
+        yield process
+    finally:
+        process.terminate()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -79,13 +79,18 @@ class _Series:
     requests: int = 0
     errors: int = 0
     buckets: list[int] = field(default_factory=lambda: [0] * BUCKET_COUNT)
+    shadow: int = 0
+    agreement_sum: float = 0.0
+    agreement_items: int = 0
 
 
 class TrafficWorker:
     """A worker that serves `rate` requests/s of `deployment`, split by the deployment's current
     routes (re-read every beat), and heartbeats counters as `RegistrySync` does: per version, a set
     latency (`latency_s`) and a share of requests failing with `error_code` (`error_share`); a
-    version in `failed_loads` is reported FAILED with that error."""
+    version in `failed_loads` is reported FAILED with that error. A route that mirrors gets its
+    percent of all requests as shadow copies (one item each) agreeing with the primary by
+    `agreement` (default 0.99)."""
 
     def __init__(
         self,
@@ -98,6 +103,7 @@ class TrafficWorker:
         error_share: dict[str, float] | None = None,
         error_code: str = "INTERNAL",
         failed_loads: dict[str, str] | None = None,
+        agreement: dict[str, float] | None = None,
     ) -> None:
         self.client = client
         self.worker_id = worker_id
@@ -107,6 +113,7 @@ class TrafficWorker:
         self.error_share = error_share or {}
         self.error_code = error_code
         self.failed_loads = failed_loads or {}
+        self.agreement = agreement or {}
         self.started = time.monotonic()
         self.started_at_ns = time.time_ns()
         self.last = self.started
@@ -116,12 +123,16 @@ class TrafficWorker:
     def _latency(self, version: str) -> float:
         return self.latency_s.get(version, 0.004)
 
-    def _count(self, version: str, requests: int, now: float) -> None:
+    def _count(self, version: str, requests: int, now: float, *, shadow: bool = False) -> None:
         s = self.series.setdefault(version, _Series(since_s=now - self.started))
         failed = round(requests * self.error_share.get(version, 0.0))
         s.requests += requests
         s.errors += failed
         s.buckets[bucket_index(self._latency(version))] += requests - failed
+        if shadow:
+            s.shadow += requests
+            s.agreement_sum += (requests - failed) * self.agreement.get(version, 0.99)
+            s.agreement_items += requests - failed
 
     async def beat(self) -> pb.Deployment:
         deployment = await self.client.get_deployment(pb.GetDeploymentRequest(name=self.deployment))
@@ -132,6 +143,12 @@ class TrafficWorker:
             whole = int(due)
             self.carry[route.version] = due - whole
             self._count(route.version, whole, now)
+            if route.mirror_percent:
+                key = f"shadow:{route.version}"
+                due = self.carry.get(key, 0.0) + self.rate * elapsed * route.mirror_percent / 100
+                whole = int(due)
+                self.carry[key] = due - whole
+                self._count(route.version, whole, now, shadow=True)
         status = pb.WorkerStatus(worker_id=self.worker_id, state="serving")
         loaded = [
             pb.LoadedVersion(
@@ -154,6 +171,9 @@ class TrafficWorker:
                 errors={self.error_code: s.errors} if s.errors else {},
                 latency_buckets=s.buckets,
                 latency_sum_s=sum(s.buckets) * self._latency(version),
+                shadow_requests=s.shadow,
+                agreement_sum=s.agreement_sum,
+                agreement_items=s.agreement_items,
             )
         await self.client.report_status(pb.ReportStatusRequest(status=status))
         return deployment

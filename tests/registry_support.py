@@ -30,7 +30,16 @@ def text_signature(dim: int = 384) -> pb.Signature:
     )
 
 
-async def register(stub: Stub, version: str, *, model_id: str = "minilm", dim: int = 384) -> pb.ModelVersion:
+async def register(
+    stub: Stub,
+    version: str,
+    *,
+    model_id: str = "minilm",
+    dim: int = 384,
+    parameters: dict[str, str] | None = None,
+) -> pb.ModelVersion:
+    signature = text_signature(dim)
+    signature.parameters.update(parameters or {})
     return await stub.RegisterVersion(
         pb.RegisterVersionRequest(
             version=pb.ModelVersion(
@@ -39,7 +48,7 @@ async def register(stub: Stub, version: str, *, model_id: str = "minilm", dim: i
                 source_uri=f"/models/{model_id}/{version}",
                 checkpoint_hash=checkpoint(version),
                 loader="sentence-transformers",
-                signature=text_signature(dim),
+                signature=signature,
             ),
             create_model=True,
             model_type=pb.TEXT_EMBEDDING,

@@ -26,11 +26,17 @@ def free_port() -> int:
 class ServerProcess:
     """A Modelyard server in its own process; `address` is known once it logged `server.started`."""
 
-    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 60) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
+        python: str = sys.executable,
+    ) -> None:
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.args = list(args)
         self.proc = subprocess.Popen(
-            [sys.executable, *args],
+            [python, *args],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             env=full_env,
@@ -108,11 +114,25 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class PostgresInstance:
+    # A start killed by a signal (one CI run saw pg_ctl die of SIGBUS once) is tried again; a
+    # start that fails on its own (bad data directory, port) is not.
+    START_ATTEMPTS = 3
+
     def __init__(self, data_dir: Path) -> None:
         import pgserver
+        from pgserver.postgres_server import PostgresServer
 
         self.data_dir = data_dir
-        self.server = pgserver.get_server(data_dir, cleanup_mode="stop")
+        for attempt in range(1, self.START_ATTEMPTS + 1):
+            try:
+                self.server = pgserver.get_server(data_dir, cleanup_mode="stop")
+                return
+            except subprocess.CalledProcessError as err:
+                if err.returncode >= 0 or attempt == self.START_ATTEMPTS:
+                    raise
+                # pgserver keeps the instance that failed to start; drop it so the next try starts afresh.
+                PostgresServer._instances.pop(data_dir.expanduser().resolve(), None)
+                time.sleep(attempt)
 
     def url(self, database: str = "postgres") -> str:
         return str(self.server.get_uri(database))
@@ -123,6 +143,15 @@ def make_postgres_dir() -> Path:
     path = Path(tempfile.mkdtemp(prefix="modelyard-pg-"))
     path.chmod(0o755)
     return path
+
+
+def git(repo: Path, *args: str) -> str:
+    """`git -C repo ARGS` with a throwaway identity (tests' own repositories); its stdout, stripped."""
+    done = subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout.strip()
 
 
 def single_error_line(stderr: str) -> str:

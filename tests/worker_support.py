@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from support import ServerProcess
+from google.protobuf import json_format
+from support import ServerProcess, wait_until
 
 from modelyard.api import grpc_predict_v2_pb2 as oip
 from modelyard.api import grpc_predict_v2_pb2_grpc as oip_grpc
@@ -130,6 +131,26 @@ def wait_model_ready(address: str, deployment: str, version: str = "", timeout: 
                 return
             time.sleep(0.1)
     raise TimeoutError(f"{deployment}:{version or '*'} not ready on {address} after {timeout}s")
+
+
+def start_static_http_worker(root: Path, deployment: rpb.Deployment) -> tuple[ServerProcess, str]:
+    """`python -m modelyard.inference` serving `deployment` from a static file (no registry), with
+    OIP over HTTP on a free port: (the process, the HTTP host:port it logged)."""
+    static = root / "static.json"
+    static.write_text(json.dumps([json_format.MessageToDict(deployment)]))
+    process = ServerProcess(
+        ["-m", "modelyard.inference", "--port", "0", "--metrics-port", "0", "--http-port", "0",
+         "--no-preimport", "--static-deployments", str(static), "--cache-dir", str(root / "cache"),
+         "--grace-period-s", "2"],
+        timeout=120,
+    )  # fmt: skip
+    try:
+        assert wait_until(lambda: any("http.started" in line for line in process.lines), 30), process.log()
+    except BaseException:
+        process.kill()
+        raise
+    line = next(line for line in process.lines if "http.started" in line)
+    return process, line.split("address=", 1)[1].split()[0]
 
 
 def start_worker(

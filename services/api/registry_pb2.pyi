@@ -32,6 +32,8 @@ class _ModelTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelType.V
     TEXT_EMBEDDING: _ModelType.ValueType  # 1
     IMAGE_EMBEDDING: _ModelType.ValueType  # 2
     CAPTIONING: _ModelType.ValueType  # 3
+    GENERIC: _ModelType.ValueType  # 4
+    """Anything else a loader serves (a plugin's classifier, ...): its tensors are its signature's."""
 
 class ModelType(_ModelType, metaclass=_ModelTypeEnumTypeWrapper): ...
 
@@ -39,6 +41,8 @@ MODEL_TYPE_UNSPECIFIED: ModelType.ValueType  # 0
 TEXT_EMBEDDING: ModelType.ValueType  # 1
 IMAGE_EMBEDDING: ModelType.ValueType  # 2
 CAPTIONING: ModelType.ValueType  # 3
+GENERIC: ModelType.ValueType  # 4
+"""Anything else a loader serves (a plugin's classifier, ...): its tensors are its signature's."""
 Global___ModelType: _TypeAlias = ModelType  # noqa: Y015
 
 class _VersionStatus:
@@ -198,6 +202,8 @@ class InferenceConfig(_message.Message):
     MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
     QUANTIZATION_FIELD_NUMBER: _builtins.int
     TRUST_REMOTE_CODE_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_TOKENS_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
     max_batch_size: _builtins.int
     max_delay_ms: _builtins.int
     device: _builtins.str
@@ -208,6 +214,15 @@ class InferenceConfig(_message.Message):
     quantization: _builtins.str
     """"" (none) or "int8-dynamic"."""
     trust_remote_code: _builtins.bool
+    max_batch_tokens: _builtins.int
+    """Padded tokens (items x the longest) a batch may hold, shared among the instances like
+    max_batch_size; 0 = by device (1024 on CPU, 16384 on CUDA). Applies to inputs whose items
+    differ in length (text).
+    """
+    engine: _builtins.str
+    """What runs a sentence-transformers version's passes: "torch" (the default, also "") or
+    "onnxruntime" (exported at load, checked against encode, torch again if that fails).
+    """
     def __init__(
         self,
         *,
@@ -218,10 +233,12 @@ class InferenceConfig(_message.Message):
         max_sequence_length: _builtins.int = ...,
         quantization: _builtins.str = ...,
         trust_remote_code: _builtins.bool = ...,
+        max_batch_tokens: _builtins.int = ...,
+        engine: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "dtype", b"dtype", "max_batch_size", b"max_batch_size", "max_delay_ms", b"max_delay_ms", "max_sequence_length", b"max_sequence_length", "quantization", b"quantization", "trust_remote_code", b"trust_remote_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "dtype", b"dtype", "engine", b"engine", "max_batch_size", b"max_batch_size", "max_batch_tokens", b"max_batch_tokens", "max_delay_ms", b"max_delay_ms", "max_sequence_length", b"max_sequence_length", "quantization", b"quantization", "trust_remote_code", b"trust_remote_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -260,24 +277,55 @@ Global___TensorSpec: _TypeAlias = TensorSpec  # noqa: Y015
 class Signature(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ParametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     INPUTS_FIELD_NUMBER: _builtins.int
     OUTPUTS_FIELD_NUMBER: _builtins.int
     EMBEDDING_DIM_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
     embedding_dim: _builtins.int
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorSpec]: ...
     @_builtins.property
     def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorSpec]: ...
+    @_builtins.property
+    def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The request parameters the version reads, flattened as in the worker's OIP model metadata:
+        `NAME.choice.VALUE` = what VALUE means, `NAME.default` = the value applied when a request sends
+        none. E5: {"prompt_name.choice.query": "query: ", "prompt_name.choice.passage": "passage: "}.
+        A consumer sending a value the routed version no longer accepts is refused: the compatibility
+        check counts a dropped parameter or choice as a difference.
+        """
+
     def __init__(
         self,
         *,
         inputs: _abc.Iterable[Global___TensorSpec] | None = ...,
         outputs: _abc.Iterable[Global___TensorSpec] | None = ...,
         embedding_dim: _builtins.int = ...,
+        parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding_dim", b"embedding_dim", "inputs", b"inputs", "outputs", b"outputs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding_dim", b"embedding_dim", "inputs", b"inputs", "outputs", b"outputs", "parameters", b"parameters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1048,17 +1096,25 @@ class Route(_message.Message):
 
     VERSION_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
+    MIRROR_PERCENT_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     weight: _builtins.int
+    mirror_percent: _builtins.int
+    """Shadow traffic, on a weight-0 route only: the percent of unpinned requests each worker also
+    sends to this version after answering them from the primary. The caller gets only the
+    primary's answer; the shadow's latency, errors and agreement with the primary are counted as
+    this version's live evidence (VersionCounters). At most one route of a deployment mirrors.
+    """
     def __init__(
         self,
         *,
         version: _builtins.str = ...,
         weight: _builtins.int = ...,
+        mirror_percent: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mirror_percent", b"mirror_percent", "version", b"version", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1791,6 +1847,9 @@ class VersionCounters(_message.Message):
     LATENCY_BUCKETS_FIELD_NUMBER: _builtins.int
     LATENCY_SUM_S_FIELD_NUMBER: _builtins.int
     DRIFT_FIELD_NUMBER: _builtins.int
+    SHADOW_REQUESTS_FIELD_NUMBER: _builtins.int
+    AGREEMENT_SUM_FIELD_NUMBER: _builtins.int
+    AGREEMENT_ITEMS_FIELD_NUMBER: _builtins.int
     deployment: _builtins.str
     version: _builtins.str
     since_s: _builtins.float
@@ -1803,6 +1862,13 @@ class VersionCounters(_message.Message):
     """Elements (tensor rows) of the requests that succeeded."""
     latency_sum_s: _builtins.float
     """Sum of the successful requests' durations, seconds."""
+    shadow_requests: _builtins.int
+    """Mirrored (shadow) requests among `requests`, and their agreement with the primary's answer:
+    the sum of the per-item cosine between the two embeddings (or 1/0 for an equal/different
+    caption) over `agreement_items` items.
+    """
+    agreement_sum: _builtins.float
+    agreement_items: _builtins.int
     @_builtins.property
     def errors(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Failed requests by gRPC status code name: INVALID_ARGUMENT, RESOURCE_EXHAUSTED, CANCELLED, ..."""
@@ -1831,10 +1897,13 @@ class VersionCounters(_message.Message):
         latency_buckets: _abc.Iterable[_builtins.int] | None = ...,
         latency_sum_s: _builtins.float = ...,
         drift: _abc.Iterable[Global___DriftCounts] | None = ...,
+        shadow_requests: _builtins.int = ...,
+        agreement_sum: _builtins.float = ...,
+        agreement_items: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "drift", b"drift", "errors", b"errors", "items", b"items", "latency_buckets", b"latency_buckets", "latency_sum_s", b"latency_sum_s", "requests", b"requests", "since_s", b"since_s", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_items", b"agreement_items", "agreement_sum", b"agreement_sum", "deployment", b"deployment", "drift", b"drift", "errors", b"errors", "items", b"items", "latency_buckets", b"latency_buckets", "latency_sum_s", b"latency_sum_s", "requests", b"requests", "shadow_requests", b"shadow_requests", "since_s", b"since_s", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2092,6 +2161,9 @@ class LiveFigures(_message.Message):
     WINDOW_END_FIELD_NUMBER: _builtins.int
     DRIFT_FIELD_NUMBER: _builtins.int
     DRIFT_ITEMS_FIELD_NUMBER: _builtins.int
+    SHADOW_REQUESTS_FIELD_NUMBER: _builtins.int
+    AGREEMENT_FIELD_NUMBER: _builtins.int
+    AGREEMENT_ITEMS_FIELD_NUMBER: _builtins.int
     requests_per_s: _builtins.float
     items_per_s: _builtins.float
     error_rate: _builtins.float
@@ -2112,6 +2184,12 @@ class LiveFigures(_message.Message):
     """Seconds the figures actually cover (a worker: between its two snapshots; a version: its
     longest worker window) and where that window lies (registry receive times).
     """
+    shadow_requests: _builtins.int
+    """Mirrored requests in the window, and the mean agreement with the primary over the items they
+    carried (see VersionCounters.agreement_sum); agreement is 0 when agreement_items is 0.
+    """
+    agreement: _builtins.float
+    agreement_items: _builtins.int
     @_builtins.property
     def errors(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Failed requests in the window by gRPC status code name."""
@@ -2155,10 +2233,13 @@ class LiveFigures(_message.Message):
         window_end: _timestamp_pb2.Timestamp | None = ...,
         drift: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         drift_items: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        shadow_requests: _builtins.int = ...,
+        agreement: _builtins.float = ...,
+        agreement_items: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drift", b"drift", "drift_items", b"drift_items", "error_rate", b"error_rate", "errors", b"errors", "items", b"items", "items_per_s", b"items_per_s", "latency_buckets", b"latency_buckets", "mean_ms", b"mean_ms", "p50_ms", b"p50_ms", "p95_ms", b"p95_ms", "p99_ms", b"p99_ms", "requests", b"requests", "requests_per_s", b"requests_per_s", "samples", b"samples", "window_end", b"window_end", "window_s", b"window_s", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "agreement_items", b"agreement_items", "drift", b"drift", "drift_items", b"drift_items", "error_rate", b"error_rate", "errors", b"errors", "items", b"items", "items_per_s", b"items_per_s", "latency_buckets", b"latency_buckets", "mean_ms", b"mean_ms", "p50_ms", b"p50_ms", "p95_ms", b"p95_ms", "p99_ms", b"p99_ms", "requests", b"requests", "requests_per_s", b"requests_per_s", "samples", b"samples", "shadow_requests", b"shadow_requests", "window_end", b"window_end", "window_s", b"window_s", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2306,6 +2387,7 @@ class StartRolloutPlanRequest(_message.Message):
     ACKNOWLEDGE_INCOMPATIBLE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     WARMUP_S_FIELD_NUMBER: _builtins.int
+    SHADOW_PERCENT_FIELD_NUMBER: _builtins.int
     deployment: _builtins.str
     version: _builtins.str
     """The candidate; the baseline is the version that carries 100% of the traffic now."""
@@ -2318,6 +2400,11 @@ class StartRolloutPlanRequest(_message.Message):
     warmup_s: _builtins.float
     """Seconds at the start of each step whose requests are not judged (a version just loaded may run
     its first requests cold); less than step_duration_s. Also delays a rollback by as much.
+    """
+    shadow_percent: _builtins.int
+    """1..100: begin with a shadow step, the candidate at weight 0 receiving this percent of the
+    unpinned requests as mirrored copies (Route.mirror_percent), judged like any step; the plan's
+    steps then start with 0. Guards may read `agreement` there. 0: no shadow step.
     """
     @_builtins.property
     def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -2341,10 +2428,11 @@ class StartRolloutPlanRequest(_message.Message):
         acknowledge_incompatible: _builtins.bool = ...,
         reason: _builtins.str = ...,
         warmup_s: _builtins.float = ...,
+        shadow_percent: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_incompatible", b"acknowledge_incompatible", "deployment", b"deployment", "guards", b"guards", "min_requests", b"min_requests", "reason", b"reason", "step_duration_s", b"step_duration_s", "steps", b"steps", "version", b"version", "warmup_s", b"warmup_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_incompatible", b"acknowledge_incompatible", "deployment", b"deployment", "guards", b"guards", "min_requests", b"min_requests", "reason", b"reason", "shadow_percent", b"shadow_percent", "step_duration_s", b"step_duration_s", "steps", b"steps", "version", b"version", "warmup_s", b"warmup_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2459,6 +2547,7 @@ class RolloutPlan(_message.Message):
     JUDGED_AT_FIELD_NUMBER: _builtins.int
     DRIVER_FIELD_NUMBER: _builtins.int
     WARMUP_S_FIELD_NUMBER: _builtins.int
+    SHADOW_PERCENT_FIELD_NUMBER: _builtins.int
     plan_id: _builtins.int
     deployment: _builtins.str
     model_id: _builtins.str
@@ -2479,6 +2568,8 @@ class RolloutPlan(_message.Message):
     driver: _builtins.str
     """The registry replica that last judged it."""
     warmup_s: _builtins.float
+    shadow_percent: _builtins.int
+    """The shadow step's mirrored share (steps[0] is then 0); 0 without a shadow step."""
     @_builtins.property
     def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -2522,10 +2613,11 @@ class RolloutPlan(_message.Message):
         judged_at: _timestamp_pb2.Timestamp | None = ...,
         driver: _builtins.str = ...,
         warmup_s: _builtins.float = ...,
+        shadow_percent: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "judged_at", b"judged_at", "step_started_at", b"step_started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_requests", b"baseline_requests", "baseline_version", b"baseline_version", "candidate_requests", b"candidate_requests", "candidate_version", b"candidate_version", "created_at", b"created_at", "created_by", b"created_by", "deployment", b"deployment", "driver", b"driver", "finished_at", b"finished_at", "guards", b"guards", "judged_at", b"judged_at", "min_requests", b"min_requests", "model_id", b"model_id", "outcome", b"outcome", "plan_id", b"plan_id", "state", b"state", "step_duration_s", b"step_duration_s", "step_index", b"step_index", "step_started_at", b"step_started_at", "steps", b"steps", "warmup_s", b"warmup_s", "window_s", b"window_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_requests", b"baseline_requests", "baseline_version", b"baseline_version", "candidate_requests", b"candidate_requests", "candidate_version", b"candidate_version", "created_at", b"created_at", "created_by", b"created_by", "deployment", b"deployment", "driver", b"driver", "finished_at", b"finished_at", "guards", b"guards", "judged_at", b"judged_at", "min_requests", b"min_requests", "model_id", b"model_id", "outcome", b"outcome", "plan_id", b"plan_id", "shadow_percent", b"shadow_percent", "state", b"state", "step_duration_s", b"step_duration_s", "step_index", b"step_index", "step_started_at", b"step_started_at", "steps", b"steps", "warmup_s", b"warmup_s", "window_s", b"window_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

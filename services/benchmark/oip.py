@@ -11,7 +11,9 @@ import numpy as np
 
 from modelyard.api import grpc_predict_v2_pb2 as pb
 from modelyard.client import ClientSettings, InferenceClient, ModelyardError
+from modelyard.client.inference import EMBEDDING, TEXT, bytes_request, output_array, served_version
 from modelyard.common.errors import error_for_status
+from modelyard.common.modelspec import PROMPT_NAME, RequestParameter, parameters_from_metadata
 
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
@@ -55,19 +57,35 @@ class WorkerDeployment:
             raise worker_failure(error, self.address, "ModelReady") from None
         return bool(reply.ready)
 
-    async def signature(self, version: str) -> tuple[list[str], list[str]]:
-        """Names of the version's input and output tensors."""
+    async def _metadata(self, version: str) -> pb.ModelMetadataResponse:
         try:
-            meta = await self._client.model_metadata(
+            return await self._client.model_metadata(
                 pb.ModelMetadataRequest(name=self.deployment, version=version)
             )
         except ModelyardError as error:
             raise worker_failure(error, self.address, "ModelMetadata") from None
+
+    async def signature(self, version: str) -> tuple[list[str], list[str]]:
+        """Names of the version's input and output tensors."""
+        meta = await self._metadata(version)
         return [t.name for t in meta.inputs], [t.name for t in meta.outputs]
 
-    async def embed_texts(self, version: str, texts: Sequence[str]) -> np.ndarray:
+    async def request_parameters(self, version: str) -> tuple[RequestParameter, ...]:
+        """The request parameters the version reads (its prompts), from its model metadata; none
+        from a server that does not report them (Triton, KServe)."""
+        meta = await self._metadata(version)
+        entries = {k: v.string_param for k, v in meta.parameters.items() if v.HasField("string_param")}
+        return parameters_from_metadata(entries)
+
+    async def embed_texts(self, version: str, texts: Sequence[str], *, prompt_name: str = "") -> np.ndarray:
+        """`prompt_name`: one of the version's prompts, sent as the request parameter; "" sends none."""
+        request = bytes_request(self.deployment, TEXT, [t.encode("utf-8") for t in texts], version)
+        if prompt_name:
+            request.parameters[PROMPT_NAME].string_param = prompt_name
         try:
-            return (await self._client.embed_texts(self.deployment, texts, version)).vectors
+            response = await self._client.model_infer(request)
+            served_version(response, version)
+            return output_array(response, EMBEDDING)
         except ModelyardError as error:
             raise worker_failure(error, self.address, "ModelInfer") from None
 

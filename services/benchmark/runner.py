@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import logging
 import time
@@ -22,10 +23,11 @@ from modelyard.benchmark.environment import hardware_summary, host_conditions
 from modelyard.benchmark.images import ImageEmbeddingSuite, load_digits_images
 from modelyard.benchmark.load import LoadPlan, measure_load
 from modelyard.benchmark.results import MetricResult, RunRecord
-from modelyard.benchmark.retrieval import Progress, RetrievalSuite
+from modelyard.benchmark.retrieval import Progress, RetrievalSuite, retrieval_prompts
 from modelyard.benchmark.store import RunStore
 from modelyard.common.errors import FailedPrecondition, InvalidArgument, ModelyardError, PermissionDenied
 from modelyard.common.log import event
+from modelyard.common.modelspec import PROMPT_NAME, RequestParameter
 from modelyard.common.states import RunStatus
 
 log = logging.getLogger("modelyard.benchmark")
@@ -39,7 +41,11 @@ class WorkerClient(Protocol):
 
     async def signature(self, version: str) -> tuple[list[str], list[str]]: ...
 
-    async def embed_texts(self, version: str, texts: Sequence[str]) -> np.ndarray: ...
+    async def request_parameters(self, version: str) -> tuple[RequestParameter, ...]: ...
+
+    async def embed_texts(
+        self, version: str, texts: Sequence[str], *, prompt_name: str = ""
+    ) -> np.ndarray: ...
 
     async def embed_images(self, version: str, images: Sequence[bytes]) -> np.ndarray: ...
 
@@ -375,10 +381,20 @@ class BenchmarkRunner:
             # Suites are plain blocking code run in a thread; worker calls go back to the event loop.
             return asyncio.run_coroutine_threadsafe(timed(coroutine), loop).result()
 
+        prompts: dict[str, str] = {}
         if isinstance(suite, RetrievalSuite):
             _require(inputs, outputs, "text", "embedding", suite.name, version)
+            parameters = await worker.request_parameters(version)
+            query_prompt, document_prompt = retrieval_prompts(parameters)
+            prompts = _prompt_conditions(parameters, queries=query_prompt, documents=document_prompt)
+
+            def embed(prompt_name: str) -> Callable[[list[str]], np.ndarray]:
+                return lambda texts: blocking(worker.embed_texts(version, texts, prompt_name=prompt_name))
+
             result = await asyncio.to_thread(
-                suite.run, lambda texts: blocking(worker.embed_texts(version, texts)), report
+                functools.partial(
+                    suite.run, embed(document_prompt), report, embed_queries=embed(query_prompt)
+                )
             )
         elif isinstance(suite, ImageEmbeddingSuite):
             _require(inputs, outputs, "image", "embedding", suite.name, version)
@@ -392,7 +408,22 @@ class BenchmarkRunner:
             )
         else:
             raise InvalidArgument(f"suite {suite!r} has no runner")
-        return result.metrics + _request_latency(latencies_ms, result.metrics), dict(result.conditions)
+        return result.metrics + _request_latency(latencies_ms, result.metrics), {
+            **result.conditions,
+            **prompts,
+        }
+
+
+def _prompt_conditions(parameters: Sequence[RequestParameter], **sent: str) -> dict[str, str]:
+    """What a run records of the prompts it sent: per kind of text, the name and the prompt's text
+    (`prompt_name.queries` = `query`, `prompt.queries` = `query: `); nothing where none was sent."""
+    prompt = next((p for p in parameters if p.name == PROMPT_NAME), None)
+    conditions: dict[str, str] = {}
+    for kind, name in sent.items():
+        if name and prompt is not None:
+            conditions[f"prompt_name.{kind}"] = name
+            conditions[f"prompt.{kind}"] = prompt.meaning(name) or ""
+    return conditions
 
 
 def _request_latency(

@@ -165,8 +165,10 @@ class RegistryDirectory:
             "checkpoint_hash": found.checkpoint_hash,
             "max_batch_size": str(config.max_batch_size),
             "max_delay_ms": str(config.max_delay_ms),
+            "max_batch_tokens": str(config.max_batch_tokens),
             "device": config.device,
             "dtype": config.dtype,
             "quantization": config.quantization or "none",
+            "engine": config.engine or "torch",
         }
         return {f"version.{k}": v for k, v in settings.items() if v}

@@ -88,6 +88,7 @@ def read_signature(source: Path, loader: str, config: rpb.InferenceConfig) -> rp
     Quantization does not change the signature, so it is skipped here.
     """
     from modelyard.common.modelspec import InferenceConfig
+    from modelyard.inference.converters import signature_to_registry
     from modelyard.inference.domain import VersionSpec
     from modelyard.inference.loaders import create_runtime
 
@@ -114,19 +115,11 @@ def read_signature(source: Path, loader: str, config: rpb.InferenceConfig) -> rp
         ) from None
     finally:
         runtime.unload()
-    return rpb.Signature(
-        inputs=[
-            rpb.TensorSpec(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in signature.inputs
-        ],
-        outputs=[
-            rpb.TensorSpec(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in signature.outputs
-        ],
-        embedding_dim=signature.embedding_dim,
-    )
+    return signature_to_registry(signature)  # with the request parameters it reads (prompts)
 
 
-def detect_loader(source: Path) -> str:
-    """The loader a model directory's own files point at; asks for --loader when unclear."""
+def recognised_loader(source: Path) -> str | None:
+    """The loader a model directory's own files point at, or None when they point at none."""
     if (source / "modules.json").is_file() or (source / "config_sentence_transformers.json").is_file():
         return "sentence-transformers"
     if (source / "open_clip_config.json").is_file():
@@ -136,7 +129,15 @@ def detect_loader(source: Path) -> str:
         text = config.read_text(encoding="utf-8", errors="replace")
         if "vision-encoder-decoder" in text or "VisionEncoderDecoder" in text or "Blip" in text:
             return "hf-captioning"
-    raise UsageError(f"cannot tell which loader {source} needs; pass --loader")
+    return None
+
+
+def detect_loader(source: Path) -> str:
+    """The loader a model directory's own files point at; asks for --loader when unclear."""
+    found = recognised_loader(source)
+    if found is None:
+        raise UsageError(f"cannot tell which loader {source} needs; pass --loader")
+    return found
 
 
 def check_loader(loader: str) -> None:
@@ -146,7 +147,12 @@ def check_loader(loader: str) -> None:
         raise UsageError(f"unknown loader {loader!r}; choose one of {', '.join(loader_names())}")
 
 
-def model_type_for(signature: rpb.Signature) -> rpb.ModelType.ValueType:
+def model_type_for(signature: rpb.Signature, loader: str = "") -> rpb.ModelType.ValueType:
+    from modelyard.inference.loaders import loader_info
+
+    declared = {info["name"]: info["model_type"] for info in loader_info()}.get(loader)
+    if declared == "generic":
+        return rpb.GENERIC
     outputs = {t.name for t in signature.outputs}
     inputs = {t.name for t in signature.inputs}
     if "caption" in outputs:
@@ -225,7 +231,7 @@ async def register(
     timeout_s: float,
 ) -> rpb.ModelVersion:
     """Create the model when absent (type from the signature unless given), then the version."""
-    model_type = draft.model_type or model_type_for(signature)
+    model_type = draft.model_type or model_type_for(signature, draft.loader)
     try:
         await registry.get_model(rpb.GetModelRequest(model_id=draft.model_id), timeout=timeout_s)
     except NotFound:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import importlib
+import logging
 
 import click
 
 from modelyard.cli.context import DEFAULT_BENCHMARK, DEFAULT_REGISTRY, CliContext
 from modelyard.cli.entry import run_command
+
+# A command that only imports service code (loaders, say) must not print its bare log event names
+# through Python's last-resort handler: the CLI says what matters itself. The serve commands set
+# up logging on the root logger, which these events still reach.
+logging.getLogger("modelyard").addHandler(logging.NullHandler())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -53,6 +59,7 @@ def cli(
 def _register_commands() -> None:
     from modelyard.cli.bench import bench
     from modelyard.cli.deployments import deployments
+    from modelyard.cli.loaders import loaders
     from modelyard.cli.models import models
     from modelyard.cli.serve import benchmark_group, console_group, registry_group, worker_group
     from modelyard.cli.up import up
@@ -60,6 +67,7 @@ def _register_commands() -> None:
     for command in (
         up,
         models,
+        loaders,
         deployments,
         bench,
         registry_group,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -10,8 +11,8 @@ from typing import TYPE_CHECKING
 import click
 
 from modelyard.api import registry_pb2 as rpb
-from modelyard.cli import files, importer
-from modelyard.cli.context import get_context
+from modelyard.cli import files, import_sources, importer
+from modelyard.cli.context import CliContext, get_context
 from modelyard.cli.errors import EXIT_FAILED, CliError, UsageError
 from modelyard.cli.example_models import example_cmd
 from modelyard.cli.output import (
@@ -26,6 +27,7 @@ from modelyard.cli.output import (
 )
 from modelyard.cli.parsing import parse_key_values, semver
 from modelyard.cli.progress import byte_bar, spinner
+from modelyard.common.modelspec import ENGINES
 
 if TYPE_CHECKING:
     from modelyard.client import RegistryClient
@@ -33,6 +35,7 @@ MODEL_TYPES = {
     "text_embedding": rpb.TEXT_EMBEDDING,
     "image_embedding": rpb.IMAGE_EMBEDDING,
     "captioning": rpb.CAPTIONING,
+    "generic": rpb.GENERIC,
 }
 
 
@@ -45,7 +48,20 @@ def _config_options(func: click.decorators.FC) -> click.decorators.FC:
     options = [
         click.option("--max-batch-size", type=click.IntRange(min=1), default=32, show_default=True),
         click.option("--max-delay-ms", type=click.IntRange(min=0), default=2, show_default=True),
+        click.option(
+            "--max-batch-tokens",
+            type=click.IntRange(min=0),
+            default=0,
+            help="Padded tokens a batch may hold (text); 0 = by device: 1024 on CPU, 16384 on CUDA.",
+        ),
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto."),
+        click.option(
+            "--engine",
+            type=click.Choice(list(ENGINES)),
+            default="torch",
+            show_default=True,
+            help="What runs the passes (sentence-transformers): onnxruntime is exported at load.",
+        ),
         click.option(
             "--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True
         ),
@@ -85,6 +101,8 @@ def _draft(model: str, version: str, loader: str, **o: object) -> importer.Versi
             dtype=str(o["dtype"]),
             max_sequence_length=int(o["max_sequence_length"]),  # type: ignore[call-overload]
             quantization=str(o["quantization"]),
+            max_batch_tokens=int(o["max_batch_tokens"]),  # type: ignore[call-overload]
+            engine=str(o["engine"]),
         ),
         description=str(o["description"]),
         tags=parse_key_values(o["tags"]),  # type: ignore[arg-type]
@@ -118,8 +136,10 @@ def _print_version(version: rpb.ModelVersion) -> None:
             ("checkpoint", version.checkpoint_hash),
             (
                 "config",
-                f"batch {cfg.max_batch_size}, delay {cfg.max_delay_ms} ms, device {cfg.device or 'auto'}, "
-                f"dtype {cfg.dtype or 'float32'}, quantization {cfg.quantization or 'none'}",
+                f"batch {cfg.max_batch_size} ({cfg.max_batch_tokens or 'auto'} tokens), "
+                f"delay {cfg.max_delay_ms} ms, device {cfg.device or 'auto'}, "
+                f"dtype {cfg.dtype or 'float32'}, quantization {cfg.quantization or 'none'}, "
+                f"engine {cfg.engine or 'torch'}",
             ),
             (
                 "signature",
@@ -127,11 +147,25 @@ def _print_version(version: rpb.ModelVersion) -> None:
                 + " -> "
                 + ", ".join(f"{t.name} {t.datatype}{list(t.shape)}" for t in sig.outputs),
             ),
+            ("parameters", parameters_text(sig)),
             ("tags", tags_text(version.tags)),
             ("lineage", ", ".join(f"{f.name}={v}" for f, v in version.lineage.ListFields()) or "-"),
             ("created", f"{when(version.created_at)} by {version.created_by or '-'}"),
         ],
     )
+
+
+def parameters_text(signature: rpb.Signature) -> str:
+    """The request parameters a version reads, e.g. `prompt_name: passage="passage: ", query="query: "
+    (default query)`; "-" when none."""
+    from modelyard.common.modelspec import parameters_from_metadata
+
+    parts = []
+    for parameter in parameters_from_metadata(dict(signature.parameters)):
+        choices = ", ".join(f"{value}={meaning!r}" for value, meaning in parameter.choices)
+        default = f" (default {parameter.default})" if parameter.default else ""
+        parts.append(f"{parameter.name}: {choices}{default}")
+    return "; ".join(parts) or "-"
 
 
 @models.command("register")
@@ -179,7 +213,7 @@ def register_cmd(
 
 
 @models.command("import")
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source")
 @click.option("--model", "model_id", required=True, help="Model id (created when absent).")
 @click.option("--version", required=True, help="SemVer, e.g. 1.2.0.")
 @click.option(
@@ -196,45 +230,85 @@ def register_cmd(
 @_config_options
 @json_option
 def import_cmd(
-    source: Path, model_id: str, version: str, loader: str | None, store: str | None, **o: object
+    source: str, model_id: str, version: str, loader: str | None, store: str | None, **o: object
 ) -> None:
-    """Import the model in SOURCE (a directory or file): hash it, read its signature by loading it,
-    copy it into the artifact store and register the version pointing at the stored copy."""
+    """Import the model in SOURCE: hash it, read its signature by loading it, copy it into the
+    artifact store and register the version pointing at the stored copy.
+
+    \b
+    SOURCE is one of:
+      PATH                 a local directory or file
+      models:/NAME/3       an MLflow registered model version (or models:/NAME@ALIAS)
+      models:/m-ID         an MLflow 3 logged model
+      runs:/RUN_ID/PATH    artifacts of an MLflow run
+      hf://ORG/NAME[@REV]  a snapshot in the local Hugging Face cache (never downloaded)
+
+    MLflow sources use the tracking and registry store of MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI
+    (pip install 'modelyard[mlflow]') and record the run as lineage (training run
+    EXPERIMENT_ID/RUN_ID, git commit from the run's mlflow.source.git.commit tag, training datasets
+    as NAME@DIGEST). hf:// records hf://ORG/NAME@COMMIT as the training run. A PATH inside a git work
+    tree records `git rev-parse HEAD` as the git commit, with a -dirty suffix when `git status`
+    shows uncommitted changes under PATH (ignored files do not count). Lineage flags given
+    explicitly win over what the source recorded.
+    """
     ctx = get_context()
-    if not source.exists():
-        raise UsageError(f"no model at {source}: the path does not exist")
-    loader = loader or importer.detect_loader(source)
-    draft = _draft(model_id, version, loader, **o)
-    store_url = store or importer.default_artifact_store()
+    # Malformed flags fail before anything is looked up or downloaded; the loader comes later.
+    draft = _draft(model_id, version, loader or "", **o)
+    with spinner(ctx, f"looking up {source}"):
+        located = import_sources.locate(source, loader=loader)
+    if located.description != located.source:
+        ctx.say(f"source      {located.description}")
+    draft.lineage = import_sources.fill_lineage(draft.lineage, located.lineage)
     started = time.perf_counter()
 
     # Refuse early, before any slow work, if the version is taken by something else.
     found = ctx.registry_call(
         lambda registry: importer.existing_version(registry, model_id, draft.version, ctx.timeout_s)
     )
+    with contextlib.ExitStack() as scratch:
+        with spinner(ctx, f"downloading {source}") if located.remote else contextlib.nullcontext():
+            path = scratch.enter_context(located.fetch())
+        draft.loader = loader or importer.detect_loader(path)
+        _import_artifact(ctx, path, draft, store, found, started)
+
+
+def _import_artifact(
+    ctx: CliContext,
+    path: Path,
+    draft: importer.VersionDraft,
+    store: str | None,
+    found: rpb.ModelVersion | None,
+    started: float,
+) -> None:
+    loader = draft.loader
+    store_url = store or importer.default_artifact_store()
     with spinner(ctx, "loading model libraries"):
         importer.check_loader(loader)
-    size = importer.artifact_size(source)
-    with spinner(ctx, f"hashing {source} ({size / 1e6:.1f} MB)"):
-        checkpoint = _checkpoint_hash(source)
+    size = importer.artifact_size(path)
+    with spinner(ctx, f"hashing {path} ({size / 1e6:.1f} MB)"):
+        checkpoint = _checkpoint_hash(path)
     ctx.say(f"checkpoint  sha256 {checkpoint} ({size / 1e6:.1f} MB)")
     if found is not None:
         if importer.same_registration(found, draft, checkpoint):
-            ctx.say(f"{model_id} {draft.version} is already registered with this checkpoint; nothing to do")
+            ctx.say(
+                f"{draft.model_id} {draft.version} is already registered with this checkpoint; nothing to do"
+            )
             if ctx.json:
                 ctx.emit_json(found)
             return
         raise importer.refuse_existing(found)
-    with spinner(ctx, f"loading {source.name} with {loader} to read its signature"):
-        signature = importer.read_signature(source, loader, draft.config)
+    with spinner(ctx, f"loading {path.name} with {loader} to read its signature"):
+        signature = importer.read_signature(path, loader, draft.config)
     ctx.say(
         "signature   "
         + ", ".join(f"{t.name} {t.datatype}" for t in signature.inputs)
         + " -> "
         + ", ".join(f"{t.name} {t.datatype}{list(t.shape)}" for t in signature.outputs)
     )
+    if draft.lineage.ListFields():
+        ctx.say("lineage     " + ", ".join(f"{f.name}={v}" for f, v in draft.lineage.ListFields()))
     with byte_bar(ctx, "copying", size) as update:
-        uri = importer.ArtifactStore(store_url).put(source, checkpoint, update)
+        uri = importer.ArtifactStore(store_url).put(path, checkpoint, update)
     ctx.say(f"stored      {uri}")
 
     async def call(registry: RegistryClient) -> rpb.ModelVersion:

@@ -68,7 +68,11 @@ def when(ts: Timestamp) -> str:
 
 
 def routes_text(routes: Iterable[rpb.Route]) -> str:
-    parts = [f"{r.version}={r.weight}" + (" (staged)" if r.weight == 0 else "") for r in routes]
+    parts = [
+        f"{r.version}={r.weight}"
+        + (f" (shadow {r.mirror_percent}%)" if r.mirror_percent else " (staged)" if r.weight == 0 else "")
+        for r in routes
+    ]
     return ", ".join(parts) or "-"
 
 

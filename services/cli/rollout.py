@@ -55,7 +55,10 @@ def print_plan(ctx: CliContext, plan: rpb.RolloutPlan) -> None:
     if ctx.json:
         ctx.emit_json({"plan": plan})
         return
-    steps = " ".join(f"[{s}]" if i == plan.step_index else str(s) for i, s in enumerate(plan.steps))
+    steps = " ".join(
+        (f"[{s}]" if i == plan.step_index else str(s)) + ("(shadow)" if s == 0 else "")
+        for i, s in enumerate(plan.steps)
+    )
     key_values(
         ctx,
         [
@@ -64,7 +67,13 @@ def print_plan(ctx: CliContext, plan: rpb.RolloutPlan) -> None:
                 f"{plan.plan_id}: {plan.baseline_version} -> {plan.candidate_version} on {plan.deployment}",
             ),
             ("state", STATE_NAMES.get(plan.state, "?") + (f" ({plan.outcome})" if plan.outcome else "")),
-            ("steps", f"{steps} %  (step {plan.step_index + 1} of {len(plan.steps)})"),
+            (
+                "steps",
+                f"{steps} %  (step {plan.step_index + 1} of {len(plan.steps)})"
+                + (
+                    f"; shadow step mirrors {plan.shadow_percent}% of requests" if plan.shadow_percent else ""
+                ),
+            ),
             ("step since", when(plan.step_started_at)),
             (
                 "each step",
@@ -116,11 +125,18 @@ async def _wait_for_end(registry: RegistryClient, name: str, wait_s: float) -> r
     multiple=True,
     metavar="'METRIC OP VALUE'",
     help="Must hold over each step (repeatable): error_rate, error_rate_delta, p50_ms, p95_ms, p99_ms, "
-    "p50_ratio, p95_ratio, p99_ratio; e.g. 'p99_ratio <= 1.5'.",
+    "p50_ratio, p95_ratio, p99_ratio, drift, agreement (the shadow step only); e.g. 'p99_ratio <= 1.5'.",
 )
 @click.option("--min-requests", type=click.IntRange(min=0), default=200, show_default=True)
 @click.option(
     "--warmup", default="0s", show_default=True, help="Start of each step not judged (cold first requests)."
+)
+@click.option(
+    "--shadow",
+    type=click.IntRange(0, 100),
+    default=0,
+    help="Begin with a shadow step: mirror this %% of unpinned requests to VERSION (weight 0), judged "
+    "by the same guards, before it takes traffic; guards may read 'agreement' there.",
 )
 @click.option("--acknowledge-incompatible", is_flag=True, help="Consumers will get another signature.")
 @click.option("--reason", default="")
@@ -135,6 +151,7 @@ def rollout_cmd(
     guards: tuple[str, ...],
     min_requests: int,
     warmup: str,
+    shadow: int,
     acknowledge_incompatible: bool,
     reason: str,
     wait: bool,
@@ -151,6 +168,7 @@ def rollout_cmd(
         guards=list(guards),
         min_requests=min_requests,
         warmup_s=parse_duration(warmup),
+        shadow_percent=shadow,
         acknowledge_incompatible=acknowledge_incompatible,
         reason=reason,
     )

@@ -234,6 +234,12 @@ def worker_group() -> None:
     ),
 )
 @_server_options
+@click.option(
+    "--http-port",
+    type=int,
+    default=None,
+    help="Also serve OIP v2 over HTTP/REST on this port (same TLS, tokens, limits); 0 = a free one.",
+)
 @click.option("--registry", "registry", default=None, help="Registry HOST:PORT; unset = static only.")
 @click.option("--deployment", "deployments", multiple=True, help="Deployment to serve (repeatable).")
 @click.option("--static-deployments", default=None, help="JSON list of Deployment messages, no registry.")

@@ -21,6 +21,7 @@ from modelyard.cli.errors import CliError
 from modelyard.cli.stack_security import StackSecurity, without_secrets
 
 _STARTED = re.compile(r"server\.started component=(\S+) address=(\S+) metrics_port=(\S+)")
+_HTTP_STARTED = re.compile(r"http\.started component=worker address=\S+ url=(\S+)")
 _PR_SET_PDEATHSIG = 1
 TINY_LABEL = "tiny demo model"
 TINY_TAGS = {"tiny-demo-model": "true"}
@@ -45,6 +46,9 @@ class ServiceProcess:
         self.log_path = log_path
         self.address = ""
         self.metrics_port = 0
+        # A worker started with --http-port logs `http.started ... url=` after its gRPC server.
+        self.http_url = ""
+        self._wants_http = "--http-port" in self.args
         self._started = threading.Event()
         self._tail: list[str] = []
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,9 +73,13 @@ class ServiceProcess:
                 log.flush()
                 self._tail = [*self._tail[-19:], line.rstrip()]
                 match = _STARTED.search(line)
-                if match and not self._started.is_set():
+                if match and not self.address:
                     self.address = match.group(2)
                     self.metrics_port = int(match.group(3)) if match.group(3).isdigit() else 0
+                http = _HTTP_STARTED.search(line) if self._wants_http else None
+                if http and not self.http_url:
+                    self.http_url = http.group(1)
+                if self.address and (self.http_url or not self._wants_http):
                     self._started.set()
         self._started.set()
 
@@ -111,6 +119,7 @@ class ServiceProcess:
             "name": self.name,
             "address": self.address,
             "metrics_url": f"http://{host}:{self.metrics_port}/metrics" if self.metrics_port else "",
+            **({"http_url": self.http_url} if self._wants_http else {}),
             "pid": self.pid,
             "log": str(self.log_path),
         }
@@ -312,6 +321,9 @@ class Stack:
                     str(layout.cache_dir / name),
                     "--worker-id",
                     name,
+                    # OIP over HTTP beside gRPC, on a free port (same tokens and TLS).
+                    "--http-port",
+                    "0",
                 ],
                 layout.logs_dir / f"worker-{name}.log",
                 {**self.env, **self.security.worker_env(name)},

@@ -119,6 +119,7 @@ def _print_endpoints(ctx: CliContext, stack: Stack) -> None:
             "registry",
             state["registry"]["address"],
             state["registry"]["metrics_url"],
+            "",
             f"embedded PostgreSQL in {stack.layout.registry_dir}",
         )
     ]
@@ -129,12 +130,15 @@ def _print_endpoints(ctx: CliContext, stack: Stack) -> None:
         )
         if d and TINY_LABEL in d.description:
             serves += f" ({TINY_LABEL})"
-        rows.append((worker["name"], worker["address"], worker["metrics_url"], serves))
+        rows.append(
+            (worker["name"], worker["address"], worker["metrics_url"], worker.get("http_url", ""), serves)
+        )
     rows.append(
         (
             "benchmark",
             state["benchmark"]["address"],
             state["benchmark"]["metrics_url"],
+            "",
             "suites: stdlib-docstrings, digits, digits-captions, load",
         )
     )
@@ -144,10 +148,11 @@ def _print_endpoints(ctx: CliContext, stack: Stack) -> None:
                 "console",
                 state["console"]["url"],
                 "",
+                "",
                 "web console: overview, catalog, switch, compare, benchmark, register",
             )
         )
-    table(ctx, ["service", "gRPC address", "/metrics", "serves"], rows)
+    table(ctx, ["service", "gRPC address", "/metrics", "OIP over HTTP", "serves"], rows)
 
 
 @click.command("up")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from collections.abc import AsyncIterator
 
@@ -16,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from modelyard.api import registry_pb2 as pb
 from modelyard.client import ModelyardError, RegistryClient
 from modelyard.common.errors import NotFound, Unimplemented
-from modelyard.console.present import DeploymentView, deployment_view
+from modelyard.console.present import DeploymentView, SwapClock, deployment_view
 from modelyard.console.web import Page
 
 # A comment line this often keeps proxies and idle timeouts from closing a quiet stream.
@@ -26,8 +25,11 @@ RECONNECT_MS = 2000
 WATCH_RETRY_S = 1.0
 
 
-async def read_deployments(registry: RegistryClient, only: str = "") -> list[DeploymentView]:
-    """Every deployment (or just `only`) with its rollout and workers, in one round of calls."""
+async def read_deployments(
+    registry: RegistryClient, only: str = "", clock: SwapClock | None = None
+) -> list[DeploymentView]:
+    """Every deployment (or just `only`) with its rollout and workers, in one round of calls; with
+    `clock`, each worker carries its switch time as that clock has seen it."""
     if only:
         deployments = [await registry.get_deployment(pb.GetDeploymentRequest(name=only))]
     else:
@@ -42,10 +44,11 @@ async def read_deployments(registry: RegistryClient, only: str = "") -> list[Dep
     )
     assert isinstance(workers, pb.ListWorkersResponse)
     rollouts, plans = rest[: len(deployments)], rest[len(deployments) :]
-    return [
+    views = [
         deployment_view(d, r, list(workers.workers), live, p)  # type: ignore[arg-type]
         for d, r, p in zip(deployments, rollouts, plans, strict=True)
     ]
+    return clock.stamp(views, time.time()) if clock is not None else views
 
 
 async def _plan(registry: RegistryClient, deployment: str) -> pb.RolloutPlan | None:
@@ -62,31 +65,6 @@ async def _live_metrics(registry: RegistryClient, only: str) -> pb.LiveMetrics |
         return await registry.get_live_metrics(pb.GetLiveMetricsRequest(deployment=only))
     except Unimplemented:  # a registry from before live figures: the page shows the rest
         return None
-
-
-class SwapClock:
-    """Per live stream: when each worker was first seen converged on its deployment's current
-    revision after being seen behind it, as seconds after the change (the registry's updated_at;
-    this console's clock, so skew between the hosts enters it; heartbeats and the 0.5 s re-read
-    make it an upper bound)."""
-
-    def __init__(self) -> None:
-        self._behind: set[tuple[str, int, str]] = set()
-        self._switched: dict[tuple[str, int, str], float] = {}
-
-    def stamp(self, views: list[DeploymentView], now: float) -> list[DeploymentView]:
-        stamped = []
-        for d in views:
-            workers = []
-            for w in d.workers:
-                key = (d.name, d.revision, w.worker_id)
-                if not (w.converged and w.revision == d.revision):
-                    self._behind.add(key)
-                elif key in self._behind and key not in self._switched and d.updated_at_s:
-                    self._switched[key] = max(0.0, now - d.updated_at_s)
-                workers.append(dataclasses.replace(w, switched_s=self._switched.get(key)))
-            stamped.append(dataclasses.replace(d, workers=workers))
-        return stamped
 
 
 def sse(kind: str, data: str) -> str:
@@ -123,7 +101,6 @@ async def live_events(current: Page, template: str, only: str = "") -> Response:
         last_html: str | None = None
         last_banner: str | None = None
         last_sent = time.monotonic()
-        clock = SwapClock()
         try:
             yield f"retry: {RECONNECT_MS}\n\n"
             while not console.stopping():
@@ -132,7 +109,7 @@ async def live_events(current: Page, template: str, only: str = "") -> Response:
                 # wakes the wait below at once instead of waiting for the next interval.
                 changed.clear()
                 try:
-                    views = clock.stamp(await read_deployments(await current.registry(), only), time.time())
+                    views = await read_deployments(await current.registry(), only, console.swaps)
                     html = current.fragment(template, deployments=views)
                 except ModelyardError as error:
                     problem = console.backends.explain(error, service="registry")

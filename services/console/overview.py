@@ -10,7 +10,7 @@ from modelyard.console.web import Page, page
 
 @page()
 async def overview(current: Page) -> Response:
-    views = await read_deployments(await current.registry())
+    views = await read_deployments(await current.registry(), clock=current.console.swaps)
     return current.render("overview.html", deployments=views, live_src="/events/overview")
 
 

@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlencode
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -24,6 +24,7 @@ _MODEL_TYPES = {
     pb.TEXT_EMBEDDING: "text embedding",
     pb.IMAGE_EMBEDDING: "image embedding",
     pb.CAPTIONING: "captioning",
+    pb.GENERIC: "generic",
 }
 
 
@@ -43,6 +44,7 @@ def model_type(value: pb.ModelType.ValueType) -> str:
 class RouteView:
     version: str
     weight: int
+    mirror_percent: int = 0  # shadow traffic: the share of requests mirrored to this staged version
 
     @property
     def staged(self) -> bool:
@@ -73,8 +75,8 @@ class WorkerView:
     converged: bool
     detail: str
     versions: list[LoadedView]
-    # Seconds from the deployment's change to this page's stream first seeing the worker converged
-    # on it; None unless the stream saw it behind first (see live.SwapClock).
+    # Seconds from the deployment's change to the console first seeing the worker converged
+    # on it; None unless the console saw it behind first (see SwapClock).
     switched_s: float | None = None
 
     @property
@@ -324,7 +326,7 @@ def deployment_view(
         model_id=deployment.model_id,
         model_type=model_type(deployment.model_type),
         description=deployment.description,
-        routes=[RouteView(r.version, r.weight) for r in deployment.routes],
+        routes=[RouteView(r.version, r.weight, r.mirror_percent) for r in deployment.routes],
         follow_alias=deployment.follow_alias,
         revision=deployment.revision,
         updated_at=when(deployment.updated_at),
@@ -510,3 +512,40 @@ def audit_view(audit: pb.AuditEvent) -> AuditView:
         before=_pretty(audit.before_json),
         after=_pretty(audit.after_json),
     )
+
+
+class SwapClock:
+    """One per console, shared by every page and live stream: when each worker was first seen
+    converged on its deployment's current revision after being seen behind it, as seconds after
+    the change (the registry's updated_at against this console's clock, so skew between the hosts
+    enters it; heartbeats and the re-read interval make it an upper bound). Shared because the
+    page a switch lands on is often the only read that sees a fast worker behind: a clock per
+    stream, started after that page, would see it converged at once and never time it."""
+
+    def __init__(self) -> None:
+        self._behind: set[tuple[str, int, str]] = set()
+        self._switched: dict[tuple[str, int, str], float] = {}
+
+    def stamp(self, views: list[DeploymentView], now: float) -> list[DeploymentView]:
+        stamped = []
+        for d in views:
+            self._forget_before(d.name, d.revision)
+            workers = []
+            for w in d.workers:
+                key = (d.name, d.revision, w.worker_id)
+                if not (w.converged and w.revision == d.revision):
+                    self._behind.add(key)
+                elif key in self._behind and key not in self._switched and d.updated_at_s:
+                    self._switched[key] = max(0.0, now - d.updated_at_s)
+                workers.append(replace(w, switched_s=self._switched.get(key)))
+            stamped.append(replace(d, workers=workers))
+        return stamped
+
+    def _forget_before(self, deployment: str, revision: int) -> None:
+        """Only each deployment's current revision is timed: older keys go (memory stays bounded)."""
+
+        def current(key: tuple[str, int, str]) -> bool:
+            return key[0] != deployment or key[1] >= revision
+
+        self._behind = {k for k in self._behind if current(k)}
+        self._switched = {k: s for k, s in self._switched.items() if current(k)}

@@ -6,41 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-from collections.abc import Iterator
 
 import uvicorn
 
+from modelyard.common.http_server import SignallessUvicorn, bind_tcp
 from modelyard.common.log import event
 from modelyard.common.server import is_loopback, wait_for_shutdown_signal
 from modelyard.console.app import create_app
 from modelyard.console.settings import ConsoleSettings
 
 log = logging.getLogger("modelyard.server")
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # Signals are ours (wait_for_shutdown_signal): uvicorn's own handler would re-raise SIGTERM
-        # after shutting down, and the process would die of it instead of exiting 0.
-        yield
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets created with it; without it a
-    # keep-alive response's body waits for the client's delayed ACK of its headers (40 ms a page).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-    except OSError as error:
-        sock.close()
-        raise OSError(f"cannot bind the console to {host}:{port}: {error.strerror}") from None
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
 
 
 class ConsoleServer:
@@ -52,13 +27,13 @@ class ConsoleServer:
         settings = self.settings
         if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
             raise ValueError("set both MODELYARD_TLS_CERT_FILE and MODELYARD_TLS_KEY_FILE, or neither")
-        sock = _bind(settings.host, settings.port)
+        sock = bind_tcp(settings.host, settings.port, "the console")
         host = sock.getsockname()[0]
         host = f"[{host}]" if ":" in host else host
         self.address = f"{host}:{sock.getsockname()[1]}"
-        server: _Server | None = None
+        server: SignallessUvicorn | None = None
         app = create_app(settings, stopping=lambda: server is not None and server.should_exit)
-        server = _Server(
+        server = SignallessUvicorn(
             uvicorn.Config(
                 app,
                 log_config=None,

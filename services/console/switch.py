@@ -33,7 +33,7 @@ async def _versions(registry: RegistryClient, model_id: str) -> list[pb.ModelVer
 async def _render_deployment(current: Page, *, status: int = 200, error: str = "") -> Response:
     name = _name(current)
     registry = await current.registry()
-    (view,) = await read_deployments(registry, name)
+    (view,) = await read_deployments(registry, name, current.console.swaps)
     versions = await _versions(registry, view.model_id)
     return current.render(
         "deployment.html",
@@ -74,7 +74,7 @@ async def deployment_events(current: Page) -> Response:
 async def _confirmation(current: Page, version: str, *, status: int = 200, error: str = "") -> Response:
     name = _name(current)
     registry = await current.registry()
-    (view,) = await read_deployments(registry, name)
+    (view,) = await read_deployments(registry, name, current.console.swaps)
     target = await registry.get_version(pb.GetVersionRequest(model_id=view.model_id, version=version))
     check = await registry.check_compatibility(
         pb.CheckCompatibilityRequest(deployment=name, model_id=view.model_id, version=target.version)

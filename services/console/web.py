@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, quote
 
@@ -17,6 +17,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from modelyard.client import BenchmarkClient, ModelyardError, RegistryClient
 from modelyard.common.log import event
 from modelyard.console.backends import Backends, Problem
+from modelyard.console.present import SwapClock
 from modelyard.console.sessions import (
     COOKIE,
     CSRF_FIELD,
@@ -44,6 +45,7 @@ class Console:
     logins: Logins
     templates: jinja2.Environment
     stopping: Callable[[], bool]
+    swaps: SwapClock = field(default_factory=SwapClock)
 
 
 class CallFailed(Exception):

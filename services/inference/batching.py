@@ -19,18 +19,32 @@ items or `max_delay_ms`, run forward passes in an executor, scatter the rows bac
   passes take requests in finish-tag order. One caller alone is served in arrival order; a caller
   whose requests are large or many runs its tags ahead, so a small request from a caller with
   little queued goes into the next pass instead of waiting behind everybody else's.
+- Passes are grouped by length: each request carries its items' lengths (tokens, or an estimate),
+  and a pass pads every item to its longest. A pass takes the oldest request by tag (the anchor),
+  then, from the next few passes' worth of queued requests, those that add the least padding:
+  shorter ones waste the pass's longest length minus theirs, a longer one the growth times the
+  items already taken. Besides `max_batch_size` items, a pass holds at most `max_batch_tokens`
+  padded tokens (items x longest), both divided among the instances like the items. A request left
+  out for its length is counted; one left out `MAX_SKIPS` times goes into the next pass whatever
+  its length, so grouping delays nobody by more than that many passes.
+- Large requests are split by length: with several instances, a request of more items than a
+  pass's share, given each item's length (tokens, or characters as their proxy), is sorted by it
+  and cut into consecutive parts of at most a share each. The parts queue as requests of the same
+  caller, so free instances run them at once, and each pass pads only to the longest item of its
+  part, as `SentenceTransformer.encode` does with its input. The rows go back in request order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import contextlib
 import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -42,16 +56,25 @@ BatchObserver = Callable[[int], None]
 # Finish tags of callers are forgotten, once this many are kept, for those whose tag the virtual
 # time has passed: for them the virtual time is the start tag anyway.
 _TRACKED_CALLERS = 1024
+# A request left out of this many passes for its length goes into the next one whatever it is.
+MAX_SKIPS = 2
+# A pass chooses among this many passes' worth of the oldest queued items.
+_WINDOW_PASSES = 4
 
 
 class _Pending:
-    __slots__ = ("enqueued", "future", "items", "started")
+    __slots__ = ("enqueued", "future", "items", "length", "part", "skipped", "started")
 
-    def __init__(self, items: list[Any], future: asyncio.Future[dict[str, Any]]) -> None:
+    def __init__(
+        self, items: list[Any], future: asyncio.Future[dict[str, Any]], length: int = 0, part: bool = False
+    ) -> None:
         self.items = items
         self.future = future
         self.enqueued = time.perf_counter()
         self.started = 0.0
+        self.length = length  # its longest item's length; 0 when not known
+        self.skipped = 0  # passes that left it out for its length
+        self.part = part  # one part of a split request: never alone on the solo lane
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -72,18 +95,25 @@ class DynamicBatcher:
         instances: int = 1,
         solo_executor: Executor | None = None,
         on_batch: BatchObserver | None = None,
+        max_batch_tokens: int = 0,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         if instances < 1:
             raise ValueError("instances must be at least 1")
+        if max_batch_tokens < 0:
+            raise ValueError("max_batch_tokens must not be negative")
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_delay_s = max(0.0, max_delay_s)
         self._executor = executor
         self.instances = instances
         # With several instances a pass takes its share, so that under load every instance has work.
-        self._pass_items = max(1, max_batch_size // (instances + 1 if instances > 1 else 1))
+        share = instances + 1 if instances > 1 else 1
+        self._pass_items = max(1, max_batch_size // share)
+        # Padded tokens a pass may hold; 0: no bound. A request above it still runs, alone.
+        self.max_batch_tokens = max_batch_tokens
+        self._pass_tokens = max_batch_tokens // share if max_batch_tokens else 0
         self._solo = solo_executor
         self._on_batch = on_batch
         # Shared by the event loop (appends) and executor threads (takes), under `_lock`.
@@ -103,15 +133,44 @@ class DynamicBatcher:
         self._starter: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
 
-    async def submit(self, items: list[Any], caller: Hashable = None) -> tuple[dict[str, Any], float]:
+    async def submit(
+        self, items: list[Any], caller: Hashable = None, lengths: Sequence[int] | None = None
+    ) -> tuple[dict[str, Any], float]:
         """Return this request's rows of every output, and the seconds it waited in the queue.
-        Requests of different `caller`s share the passes fairly (see the module docstring)."""
+        Requests of different `caller`s share the passes fairly (see the module docstring);
+        `lengths` (one per item, in tokens or an estimate of them) lets passes group requests of
+        similar length and a large request be split across instances by length."""
         if not items:
             raise ValueError("empty request")
         if len(items) > self.max_batch_size:
             raise ValueError(f"{len(items)} items exceed max_batch_size {self.max_batch_size}")
+        if lengths is not None and len(lengths) != len(items):
+            raise ValueError(f"{len(lengths)} lengths given for {len(items)} items")
         loop = asyncio.get_running_loop()
-        pending = _Pending(items, loop.create_future())
+        if lengths is None or self.instances < 2 or len(items) <= self._pass_items:
+            pending = _Pending(items, loop.create_future(), max(lengths, default=0) if lengths else 0)
+            self._enqueue(loop, [pending], caller)
+            result = await pending.future
+            return result, pending.started - pending.enqueued
+        order = sorted(range(len(items)), key=lengths.__getitem__)
+        cuts = _cuts(len(items), self._pass_items)
+        parts = [
+            _Pending([items[i] for i in order[a:b]], loop.create_future(), lengths[order[b - 1]], part=True)
+            for a, b in itertools.pairwise(cuts)
+        ]
+        self._enqueue(loop, parts, caller)
+        outcomes = await asyncio.gather(*(p.future for p in parts), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        results = [outcome for outcome in outcomes if not isinstance(outcome, BaseException)]
+        inverse = np.empty(len(items), dtype=np.intp)
+        inverse[order] = np.arange(len(items))
+        merged = {name: _joined([r[name] for r in results], inverse) for name in results[0]}
+        return merged, min(p.started for p in parts) - parts[0].enqueued
+
+    def _enqueue(self, loop: asyncio.AbstractEventLoop, requests: list[_Pending], caller: Hashable) -> None:
+        """Queue `requests` (one request, or the parts of one) with consecutive fair-queueing tags."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("batcher closed")
@@ -119,16 +178,17 @@ class DynamicBatcher:
             begins = max(self._vtime, finish.get(caller, 0))
             if len(finish) >= _TRACKED_CALLERS and caller not in finish:
                 self._finish = finish = {c: tag for c, tag in finish.items() if tag > self._vtime}
-            finish[caller] = ends = begins + len(items)
-            heapq.heappush(self._queue, (ends, next(self._arrivals), begins, pending))
-            self._queued_items += len(items)
+            for pending in requests:
+                ends = begins + len(pending.items)
+                heapq.heappush(self._queue, (ends, next(self._arrivals), begins, pending))
+                self._queued_items += len(pending.items)
+                begins = ends
+            finish[caller] = begins
             start = self._claim_instance()
         if start:
             self._starter = loop.create_task(self._start(loop), name="batcher")
         elif self._waiter is not None:
             _wake(self._waiter)
-        result = await pending.future
-        return result, pending.started - pending.enqueued
 
     def _claim_instance(self) -> bool:
         """Whether the caller should start forming a pass (a free instance, nobody forming). Hold `_lock`."""
@@ -167,31 +227,101 @@ class DynamicBatcher:
             timer.cancel()
 
     def _take(self) -> list[_Pending]:
-        """Pop the next batch in finish-tag order (callers that went away are dropped). Hold `_lock`.
-        An empty batch gives the instance back."""
+        """Pop the next batch (callers that went away are dropped). Hold `_lock`. An empty batch
+        gives the instance back. In finish-tag order while every request fits; otherwise grouped
+        by length around the oldest (see "Passes are grouped by length" above)."""
         queue = self._queue
-        batch: list[_Pending] = []
-        count = 0
-        while queue and not self._closed:
-            size = len(queue[0][3].items)
-            if batch and count + size > self._pass_items:
-                break  # it starts the next batch, keeping tag order
-            _, _, begins, pending = heapq.heappop(queue)
-            self._vtime = max(self._vtime, begins)
-            self._queued_items -= size
-            if not pending.future.done():
-                batch.append(pending)
-                count += size
-        if not batch:
+        # The oldest requests, in tag order, up to a few passes' worth of items.
+        window: list[tuple[int, int, int, _Pending]] = []
+        items = longest = 0
+        fits = True
+        while queue and not self._closed and items < _WINDOW_PASSES * self._pass_items:
+            entry = heapq.heappop(queue)
+            pending = entry[3]
+            if pending.future.done():
+                self._vtime = max(self._vtime, entry[2])
+                self._queued_items -= len(pending.items)
+                continue
+            window.append(entry)
+            items += len(pending.items)
+            longest = max(longest, pending.length)
+            fits = fits and items <= self._pass_items and self._within_tokens(items, longest)
+        if not window:
             self._running -= 1
-        return batch
+            return []
+        by_length = longest > 0
+        if fits:
+            chosen = window
+        elif by_length:
+            chosen = self._choose(window)
+        else:  # lengths unknown: as many as fit, in tag order
+            chosen, items = [], 0
+            for entry in window:
+                if chosen and items + len(entry[3].items) > self._pass_items:
+                    break
+                chosen.append(entry)
+                items += len(entry[3].items)
+        taken = {id(entry[3]) for entry in chosen}
+        for entry in window:
+            if id(entry[3]) in taken:
+                self._vtime = max(self._vtime, entry[2])
+                self._queued_items -= len(entry[3].items)
+            else:
+                entry[3].skipped += by_length
+                heapq.heappush(queue, entry)
+        return [entry[3] for entry in chosen]
+
+    def _within_tokens(self, items: int, longest: int) -> bool:
+        return not self._pass_tokens or items * longest <= self._pass_tokens
+
+    def _choose(self, window: list[tuple[int, int, int, _Pending]]) -> list[tuple[int, int, int, _Pending]]:
+        """One pass from `window` (tag order): the oldest, then those left out too often, in tag
+        order, then the least padding first, within the pass's items and tokens."""
+        anchor = window[0][3]
+        chosen = [window[0]]
+        items, longest = len(anchor.items), anchor.length
+        rest = []
+        for entry in window[1:]:
+            pending = entry[3]
+            size = len(pending.items)
+            if pending.skipped >= MAX_SKIPS:
+                if items + size <= self._pass_items and self._within_tokens(
+                    items + size, max(longest, pending.length)
+                ):
+                    chosen.append(entry)
+                    items += size
+                    longest = max(longest, pending.length)
+                continue  # one that does not fit is at most the next pass's anchor or overdue
+            rest.append(entry)
+        rest.sort(key=lambda entry: (entry[3].length, entry[1]))
+        split = bisect.bisect_right([entry[3].length for entry in rest], longest)
+        # Each list is taken from its end: the longest shorter one, the shortest longer one, and
+        # of equal lengths the oldest first.
+        shorter = sorted(rest[:split], key=lambda entry: (entry[3].length, -entry[1]))
+        longer = list(reversed(rest[split:]))
+        while (shorter or longer) and items < self._pass_items:
+            below = (longest - shorter[-1][3].length) * len(shorter[-1][3].items) if shorter else None
+            above = (longer[-1][3].length - longest) * items if longer else None
+            side = shorter if above is None or (below is not None and below <= above) else longer
+            entry = side.pop()
+            pending = entry[3]
+            size = len(pending.items)
+            grown = max(longest, pending.length)
+            if items + size > self._pass_items or not self._within_tokens(items + size, grown):
+                if side is longer:
+                    longer.clear()  # every longer one needs at least as many tokens
+                continue
+            chosen.append(entry)
+            items += size
+            longest = grown
+        return chosen
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         """Queue one forward pass on the executor (FIFO with other batchers' passes); a lone
         request while no other pass runs goes to the solo lane."""
         if not batch:
             return
-        lone = self._solo is not None and self._running == 1 and len(batch) == 1
+        lone = self._solo is not None and self._running == 1 and len(batch) == 1 and not batch[0].part
         executor = self._solo if lone and self._solo is not None else self._executor
         try:
             future = executor.submit(self._forward, loop, batch)
@@ -255,6 +385,20 @@ def _deliver(batch: list[_Pending], outputs: dict[str, Any] | None, error: BaseE
             else:
                 p.future.set_result({name: _rows(value, offset, n) for name, value in outputs.items()})
         offset += n
+
+
+def _cuts(count: int, share: int) -> list[int]:
+    """Boundaries of the fewest parts of at most `share` items, their sizes differing by at most one."""
+    parts = -(-count // share)
+    return [count * k // parts for k in range(parts + 1)]
+
+
+def _joined(values: list[Any], inverse: np.ndarray) -> Any:
+    """The parts' rows of one output, concatenated in sorted order, put back in request order."""
+    if all(isinstance(v, np.ndarray) for v in values):
+        return np.concatenate(values)[inverse]
+    flat = [row for value in values for row in value]
+    return [flat[i] for i in inverse]
 
 
 def _rows(value: Any, offset: int, n: int) -> Any:

@@ -12,7 +12,13 @@ import numpy as np
 
 from modelyard.api import grpc_predict_v2_pb2 as pb
 from modelyard.api import registry_pb2
-from modelyard.common.modelspec import InferenceConfig, Signature, TensorSpec
+from modelyard.common.modelspec import (
+    InferenceConfig,
+    Signature,
+    TensorSpec,
+    parameters_from_metadata,
+    parameters_to_metadata,
+)
 from modelyard.inference.domain import (
     DeploymentSpec,
     InferenceRequest,
@@ -110,7 +116,18 @@ def request_from_grpc(message: pb.ModelInferRequest) -> InferenceRequest:
         inputs=inputs,
         requested_outputs=[output.name for output in message.outputs],
         raw=raw,
+        parameters={name: parameter_value(value) for name, value in message.parameters.items()},
     )
+
+
+def parameter_value(parameter: pb.InferParameter) -> bool | int | float | str | None:
+    """An InferParameter's value as Python's; None when none of its oneof is set."""
+    kind = parameter.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(parameter, kind)
+
+
+def parameters_to_grpc(entries: dict[str, str]) -> dict[str, pb.InferParameter]:
+    return {name: pb.InferParameter(string_param=value) for name, value in entries.items()}
 
 
 def response_to_grpc(response: InferenceResponse) -> pb.ModelInferResponse:
@@ -142,6 +159,7 @@ def signature_from_registry(message: registry_pb2.Signature) -> Signature | None
         inputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in message.inputs),
         outputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in message.outputs),
         embedding_dim=message.embedding_dim,
+        parameters=parameters_from_metadata(dict(message.parameters)),
     )
 
 
@@ -161,6 +179,8 @@ def version_from_registry(message: registry_pb2.ModelVersion) -> VersionSpec:
             max_sequence_length=config.max_sequence_length,
             quantization=config.quantization,
             trust_remote_code=config.trust_remote_code,
+            max_batch_tokens=config.max_batch_tokens,
+            engine=config.engine or "torch",
         ),
         signature=signature_from_registry(message.signature),
     )
@@ -173,6 +193,7 @@ def deployment_from_registry(message: registry_pb2.Deployment) -> DeploymentSpec
         routes=tuple((route.version, route.weight) for route in message.routes),
         versions=tuple(version_from_registry(v) for v in message.versions),
         revision=message.revision,
+        mirrors=tuple((r.version, r.mirror_percent) for r in message.routes if r.mirror_percent),
     )
 
 
@@ -190,6 +211,7 @@ def signature_to_registry(signature: Signature | None) -> registry_pb2.Signature
             for t in signature.outputs
         ],
         embedding_dim=signature.embedding_dim,
+        parameters=parameters_to_metadata(signature.parameters),
     )
 
 
@@ -209,6 +231,8 @@ def version_to_registry(spec: VersionSpec) -> registry_pb2.ModelVersion:
             max_sequence_length=config.max_sequence_length,
             quantization=config.quantization,
             trust_remote_code=config.trust_remote_code,
+            max_batch_tokens=config.max_batch_tokens,
+            engine=config.engine,
         ),
         signature=signature_to_registry(spec.signature),
     )
@@ -218,7 +242,10 @@ def deployment_to_registry(spec: DeploymentSpec) -> registry_pb2.Deployment:
     return registry_pb2.Deployment(
         name=spec.name,
         model_id=spec.model_id,
-        routes=[registry_pb2.Route(version=v, weight=w) for v, w in spec.routes],
+        routes=[
+            registry_pb2.Route(version=v, weight=w, mirror_percent=dict(spec.mirrors).get(v, 0))
+            for v, w in spec.routes
+        ],
         versions=[version_to_registry(v) for v in spec.versions],
         revision=spec.revision,
     )

@@ -59,6 +59,7 @@ class DeploymentApplier:
         on_applied: Callable[[str, DeploymentSpec | None], None] | None = None,
         retry: RetryPolicy | None = None,
         allow_remote_code: bool = False,
+        pass_threads: int = 1,
     ) -> None:
         """`on_applied(name, spec)` is told what each deployment now serves after every swap (only
         the routes switched in and their versions), and `(name, None)` once it was removed."""
@@ -69,6 +70,7 @@ class DeploymentApplier:
         self._on_applied = on_applied or (lambda name, spec: None)
         self._retry = retry or RetryPolicy()
         self.allow_remote_code = allow_remote_code  # the worker's setting, handed to every runtime
+        self.pass_threads = pass_threads  # intra-op threads of one serving lane, for every runtime
         self.status: dict[str, DeploymentStatus] = {}
         self.last_error = ""
         self._desired: dict[str, DeploymentSpec | None] = {}
@@ -205,6 +207,7 @@ class DeploymentApplier:
             versions=loaded,
             weights={n: w for n, w in spec.routes if n in loaded},
             revision=spec.revision,
+            mirrors={n: p for n, p in spec.mirrors if n in loaded},
         )
         previous = self.table.swap(routes)
         # A staged version that failed to load does not block the routes, but the swap was not clean.
@@ -242,6 +245,7 @@ class DeploymentApplier:
                 routes=tuple((n, w) for n, w in spec.routes if n in loaded),
                 versions=tuple(v.spec for v in loaded.values()),
                 revision=spec.revision,
+                mirrors=tuple((n, p) for n, p in spec.mirrors if n in loaded),
             ),
         )
         self._plan_retry(spec, retryable)
@@ -316,18 +320,22 @@ class DeploymentApplier:
         labels = (deployment, spec.model_id, spec.version)
         metrics.MODEL_LOAD_SECONDS.labels(*labels).observe(seconds)
         metrics.MODEL_LOADED.labels(*labels, spec.checkpoint_hash).set(1)
+        metrics.MODEL_ENGINE.labels(*labels, runtime.engine).set(1)
         event(
             log,
             "version.loaded",
             deployment=deployment,
             version=spec.version,
             device=runtime.device,
+            engine=runtime.engine,
             seconds=round(seconds, 3),
         )
         return LoadedRuntime(spec, runtime, device=runtime.device)
 
     def _load_blocking(self, spec: VersionSpec, path: Path) -> ModelRuntime:
-        runtime = create_runtime(spec, path, allow_remote_code=self.allow_remote_code)
+        runtime = create_runtime(
+            spec, path, allow_remote_code=self.allow_remote_code, pass_threads=self.pass_threads
+        )
         interval = sys.getswitchinterval()
         sys.setswitchinterval(_LOADING_SWITCH_INTERVAL_S)
         try:
@@ -372,10 +380,15 @@ class DeploymentApplier:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._load_executor, version.runtime.unload)
         spec = version.spec
-        metrics.MODEL_LOADED.labels(deployment, spec.model_id, spec.version, spec.checkpoint_hash).set(0)
         status = self.status.get(deployment)
         routes = self.table.find(deployment)
         still_routed = routes is not None and version.version in routes.versions
+        # A version routed away and back may be loaded again before this copy finished draining:
+        # then its series describe the new copy.
+        if not still_routed:
+            metrics.MODEL_LOADED.labels(deployment, spec.model_id, spec.version, spec.checkpoint_hash).set(0)
+            with contextlib.suppress(KeyError):
+                metrics.MODEL_ENGINE.remove(deployment, spec.model_id, spec.version, version.runtime.engine)
         if status is not None and not still_routed:
             entry = status.versions.get(version.version)
             if entry is not None and entry.state in (VersionState.DRAINING, VersionState.SERVING):

@@ -30,13 +30,15 @@ class VersionSpec:
 
 @dataclass(frozen=True)
 class DeploymentSpec:
-    """What a deployment should serve: versions with weights (0 = staged)."""
+    """What a deployment should serve: versions with weights (0 = staged), and the staged version
+    unpinned requests are mirrored to (shadow traffic) with the percent mirrored."""
 
     name: str
     model_id: str
     routes: tuple[tuple[str, int], ...]
     versions: tuple[VersionSpec, ...]
     revision: int = 0
+    mirrors: tuple[tuple[str, int], ...] = ()
 
     def version(self, name: str) -> VersionSpec | None:
         return next((v for v in self.versions if v.version == name), None)

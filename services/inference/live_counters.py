@@ -23,6 +23,8 @@ class VersionSeries:
     it (the data plane) and reads it (the heartbeat), so it needs no lock."""
 
     __slots__ = (
+        "agreement_items",
+        "agreement_sum",
         "buckets",
         "dim",
         "drift",
@@ -31,6 +33,7 @@ class VersionSeries:
         "latency_sum_s",
         "model",
         "requests",
+        "shadow_requests",
         "since_s",
     )
 
@@ -44,6 +47,9 @@ class VersionSeries:
         self.errors: dict[str, int] = {}  # by gRPC status code name; at most one key per code
         self.buckets = [0] * BUCKET_COUNT
         self.latency_sum_s = 0.0
+        self.shadow_requests = 0  # mirrored requests among `requests`
+        self.agreement_sum = 0.0  # per-item agreement with the primary's answer, summed
+        self.agreement_items = 0
 
     def succeeded(self, seconds: float, items: int) -> None:
         self.requests += 1
@@ -54,6 +60,11 @@ class VersionSeries:
     def failed(self, code: str) -> None:
         self.requests += 1
         self.errors[code] = self.errors.get(code, 0) + 1
+
+    def agreed(self, total: float, items: int) -> None:
+        """A mirrored request's agreement with the primary: `total` over its `items`."""
+        self.agreement_sum += total
+        self.agreement_items += items
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,9 @@ class SeriesSnapshot:
     latency_sum_s: float
     # By signal: (the deployment's reference histogram, this series' cumulative counts since then).
     drift: dict[str, tuple[list[int], list[int]]]
+    shadow_requests: int = 0
+    agreement_sum: float = 0.0
+    agreement_items: int = 0
 
 
 @dataclass(frozen=True)
@@ -145,6 +159,9 @@ class LiveCounters:
                     buckets=list(s.buckets),
                     latency_sum_s=s.latency_sum_s,
                     drift=self._drift_of(key, s),
+                    shadow_requests=s.shadow_requests,
+                    agreement_sum=s.agreement_sum,
+                    agreement_items=s.agreement_items,
                 )
                 for key, s in sorted(self._series.items())
             ],

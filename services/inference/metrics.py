@@ -20,6 +20,17 @@ QUEUE_DURATION = Histogram(
     VERSION_LABELS,
     buckets=LATENCY_BUCKETS_S,
 )
+SHADOW_DURATION = Histogram(
+    "modelyard_shadow_duration_seconds",
+    "Mirrored (shadow) calls to a staged version, per outcome: the primary had already answered.",
+    [*VERSION_LABELS, "outcome"],
+    buckets=LATENCY_BUCKETS_S,
+)
+SHADOW_DROPPED = Counter(
+    "modelyard_shadow_dropped_total",
+    "Requests not mirrored because the worker's shadow calls in flight were at their limit.",
+    VERSION_LABELS,
+)
 BATCH_SIZE = Histogram(
     "modelyard_batch_size",
     "Items per forward pass.",
@@ -30,6 +41,11 @@ MODEL_LOADED = Gauge(
     "modelyard_model_loaded",
     "1 while the version is loaded on this worker, 0 after it was unloaded.",
     [*VERSION_LABELS, "checkpoint"],
+)
+MODEL_ENGINE = Gauge(
+    "modelyard_model_engine",
+    "1 for the engine running the loaded version's passes (torch, onnxruntime); gone once unloaded.",
+    [*VERSION_LABELS, "engine"],
 )
 MODEL_LOAD_SECONDS = Histogram(
     "modelyard_model_load_seconds",

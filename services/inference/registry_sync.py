@@ -307,4 +307,7 @@ def _counters_to_pb(snapshot: CountersSnapshot, out: rpb.LiveCounters) -> None:
                 rpb.DriftCounts(signal=signal, reference=reference, live=live)
                 for signal, (reference, live) in sorted(s.drift.items())
             ],
+            shadow_requests=s.shadow_requests,
+            agreement_sum=s.agreement_sum,
+            agreement_items=s.agreement_items,
         )

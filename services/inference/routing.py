@@ -60,6 +60,8 @@ class DeploymentRoutes:
     versions: Mapping[str, LoadedRuntime]
     weights: Mapping[str, int]
     revision: int = 0
+    # Staged version -> percent of unpinned requests mirrored to it (shadow traffic).
+    mirrors: Mapping[str, int] = field(default_factory=dict)
     _cumulative: tuple[int, ...] = field(init=False, repr=False)
     _order: tuple[str, ...] = field(init=False, repr=False)
 
@@ -89,6 +91,18 @@ class DeploymentRoutes:
             raise NotReady(f"deployment {self.deployment!r} has no version with traffic weight loaded yet")
         point = (rng or random).random() * self._cumulative[-1]
         return self.versions[self._order[bisect.bisect_right(self._cumulative, point)]]
+
+    def shadow(self, rng: random.Random | None = None) -> LoadedRuntime | None:
+        """The version to mirror one unpinned request to, drawn at its percent; None mostly."""
+        for name, percent in self.mirrors.items():
+            loaded = self.versions.get(name)
+            if (
+                loaded is not None
+                and self.weights.get(name, 0) == 0
+                and (rng or random).random() * 100 < percent
+            ):
+                return loaded
+        return None
 
 
 class RoutingTable:

@@ -9,7 +9,7 @@ from grpc import aio
 from modelyard.api import grpc_predict_v2_pb2 as pb
 from modelyard.api import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelyard.common.auth import ALL_ROLES, AccessPolicy
-from modelyard.inference.converters import request_from_grpc, response_to_grpc
+from modelyard.inference.converters import parameters_to_grpc, request_from_grpc, response_to_grpc
 from modelyard.inference.dataplane import DataPlane
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -68,6 +68,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape)
                 for t in meta.outputs
             ],
+            parameters=parameters_to_grpc(meta.parameters),
         )
 
     async def ModelInfer(

@@ -28,6 +28,12 @@ class WorkerSettings(ServerSettings):
     cache_dir: str = Field(
         "~/.cache/modelyard/artifacts", description="Local artifact cache, one folder per checkpoint hash."
     )
+    http_port: int | None = Field(
+        None,
+        ge=0,
+        description="Also serve OIP v2 over HTTP/REST (JSON and the binary tensor data extension) on this "
+        "port, with the gRPC side's TLS, tokens and limits; 0 picks a free one, None (default) = off.",
+    )
     worker_id: str = Field("", description="Name reported to the registry; default host:pid.")
     advertise_address: str = Field("", description="Address reported to the registry; default host:port.")
     instances: int = Field(

@@ -1,4 +1,5 @@
-"""Assembles one inference worker: gRPC server, data plane, deployment applier, registry sync."""
+"""Assembles one inference worker: gRPC server (and OIP over HTTP when asked), data plane, deployment
+applier, registry sync."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from modelyard.api import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelyard.api import registry_pb2 as rpb
 from modelyard.client import ClientSettings
 from modelyard.common.artifact_roots import ArtifactRoots
+from modelyard.common.auth import TokenAuthorizer
 from modelyard.common.log import event
 from modelyard.common.server import NOT_SERVING, SERVING, GrpcServer, freeze_startup_objects
 from modelyard.inference.applied_state import AppliedState
@@ -33,9 +35,11 @@ from modelyard.inference.load_retry import RetryPolicy
 from modelyard.inference.loaders import preimport_all
 from modelyard.inference.loaders.base import intra_op_threads, use_intra_op_threads
 from modelyard.inference.registry_sync import RegistrySync
+from modelyard.inference.rest import OipHttpServer, create_app
 from modelyard.inference.routing import RoutingTable
 from modelyard.inference.servicer import POLICY, SERVICE_NAME, InferenceServicer
 from modelyard.inference.settings import WorkerSettings
+from modelyard.inference.shadow import use_shadow_thread
 
 log = logging.getLogger("modelyard.inference")
 
@@ -74,6 +78,7 @@ class InferenceWorker:
         self._load_pool = ThreadPoolExecutor(
             1, thread_name_prefix="load", initializer=use_intra_op_threads, initargs=(1,)
         )
+        self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow", initializer=use_shadow_thread)
         event(log, "worker.lanes", instances=lanes.instances, threads_per_instance=lanes.threads_per_instance,
               solo_threads=lanes.solo_threads)  # fmt: skip
         self.dataplane = DataPlane(
@@ -82,6 +87,7 @@ class InferenceWorker:
             instances=lanes.instances,
             solo_executor=self._solo_pool,
             decode_executor=self._decode_pool,
+            shadow_executor=self._shadow_pool,
             limits=ItemLimits(
                 text_bytes_per_token=settings.text_bytes_per_token,
                 max_image_pixels=settings.max_image_pixels,
@@ -118,6 +124,7 @@ class InferenceWorker:
             on_applied=self.applied_state.record if self.applied_state else None,
             retry=RetryPolicy(settings.retry_initial_s, max(settings.retry_max_s, settings.retry_initial_s)),
             allow_remote_code=settings.allow_remote_code,
+            pass_threads=lanes.threads_per_instance,
         )
         self.server = GrpcServer(
             settings,
@@ -126,6 +133,18 @@ class InferenceWorker:
             register=lambda server: pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server),
             policy=POLICY,
         )
+        # The same data plane, tokens, policy and byte budget as the gRPC side.
+        self.http: OipHttpServer | None = None
+        if settings.http_port is not None:
+            app = create_app(
+                self.dataplane,
+                authorizer=TokenAuthorizer(settings.tokens()),
+                policy=POLICY,
+                max_body_bytes=settings.max_message_bytes,
+                executor=self._decode_pool,
+                live=lambda: self.servicer.live,
+            )
+            self.http = OipHttpServer(settings, app)
         self.sync: RegistrySync | None = None
         if settings.registry:
             self.sync = RegistrySync(
@@ -150,6 +169,11 @@ class InferenceWorker:
     @property
     def address(self) -> str:
         return self.server.address
+
+    @property
+    def http_address(self) -> str:
+        """host:port of OIP over HTTP; empty when `http_port` is None."""
+        return self.http.address if self.http is not None else ""
 
     def _checkpoints_in_use(self) -> set[str]:
         """Checkpoints this worker serves, drains or is loading: never evicted from the cache.
@@ -185,6 +209,8 @@ class InferenceWorker:
         if self.sync is not None:
             await self._publish_registry_health()
         await self.server.start()
+        if self.http is not None:
+            await self.http.start()
         if self.settings.preimport:
             started = time.perf_counter()
             await asyncio.get_running_loop().run_in_executor(self._load_pool, preimport_all)
@@ -202,7 +228,12 @@ class InferenceWorker:
         event(log, "worker.stopping", grace_period_s=self.settings.grace_period_s)
         await self.server.set_serving(False)
         self.servicer.live = False
+        if self.http is not None:
+            # Closed first, drained alongside gRPC: both within one grace period.
+            self.http.request_stop()
         await self.server.stop()
+        if self.http is not None:
+            await self.http.stop()
         if self.sync is not None:
             await self.sync.stop()
         await self.applier.close()
@@ -212,6 +243,7 @@ class InferenceWorker:
         if self._solo_pool is not None:
             self._solo_pool.shutdown(wait=False, cancel_futures=True)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self._shadow_pool.shutdown(wait=False, cancel_futures=True)
         self._load_pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from modelyard.api import registry_pb2 as pb
 from modelyard.common.errors import InvalidArgument
+from modelyard.common.modelspec import parameters_from_metadata, parameters_to_metadata
 from modelyard.common.states import (
     PLAN_STATE_TO_PB,
     RUN_STATUS_FROM_PB,
@@ -26,6 +27,7 @@ MODEL_TYPE_TO_PB = {
     "text_embedding": pb.TEXT_EMBEDDING,
     "image_embedding": pb.IMAGE_EMBEDDING,
     "captioning": pb.CAPTIONING,
+    "generic": pb.GENERIC,
 }
 MODEL_TYPE_FROM_PB = {v: k for k, v in MODEL_TYPE_TO_PB.items()}
 
@@ -61,6 +63,7 @@ def signature_to_pb(s: d.Signature) -> pb.Signature:
         inputs=[pb.TensorSpec(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in s.inputs],
         outputs=[pb.TensorSpec(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in s.outputs],
         embedding_dim=s.embedding_dim,
+        parameters=parameters_to_metadata(s.parameters),
     )
 
 
@@ -69,6 +72,7 @@ def signature_from_pb(s: pb.Signature) -> d.Signature:
         inputs=tuple(d.TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in s.inputs),
         outputs=tuple(d.TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in s.outputs),
         embedding_dim=s.embedding_dim,
+        parameters=parameters_from_metadata(dict(s.parameters)),
     )
 
 
@@ -88,6 +92,8 @@ def version_to_pb(v: d.ModelVersion) -> pb.ModelVersion:
             max_sequence_length=c.max_sequence_length,
             quantization=c.quantization,
             trust_remote_code=c.trust_remote_code,
+            max_batch_tokens=c.max_batch_tokens,
+            engine=c.engine,
         ),
         signature=signature_to_pb(v.signature),
         lineage=pb.Lineage(
@@ -122,6 +128,8 @@ def version_from_pb(v: pb.ModelVersion) -> d.ModelVersion:
             max_sequence_length=c.max_sequence_length,
             quantization=c.quantization,
             trust_remote_code=c.trust_remote_code,
+            max_batch_tokens=c.max_batch_tokens,
+            engine=c.engine or defaults.engine,
         ),
         signature=signature_from_pb(v.signature),
         lineage=d.Lineage(
@@ -136,14 +144,16 @@ def version_from_pb(v: pb.ModelVersion) -> d.ModelVersion:
 
 
 def routes_from_pb(routes: list[pb.Route]) -> list[d.Route]:
-    return [d.Route(r.version, r.weight) for r in routes]
+    return [d.Route(r.version, r.weight, r.mirror_percent) for r in routes]
 
 
 def deployment_to_pb(dep: d.Deployment) -> pb.Deployment:
     return pb.Deployment(
         name=dep.name,
         model_id=dep.model_id,
-        routes=[pb.Route(version=r.version, weight=r.weight) for r in dep.routes],
+        routes=[
+            pb.Route(version=r.version, weight=r.weight, mirror_percent=r.mirror_percent) for r in dep.routes
+        ],
         follow_alias=dep.follow_alias,
         signature=signature_to_pb(dep.signature) if dep.signature else None,
         revision=dep.revision,
@@ -227,6 +237,9 @@ def live_counters_from_pb(c: pb.LiveCounters) -> d.LiveCounters:
                 buckets=list(s.latency_buckets),
                 latency_sum_s=s.latency_sum_s,
                 drift={dc.signal: (list(dc.reference), list(dc.live)) for dc in s.drift},
+                shadow_requests=s.shadow_requests,
+                agreement_sum=s.agreement_sum,
+                agreement_items=s.agreement_items,
             )
             for s in c.versions
         ],
@@ -274,6 +287,7 @@ def plan_to_pb(p: d.RolloutPlan) -> pb.RolloutPlan:
         judged_at=to_timestamp(judged.at if judged else None),
         driver=judged.driver if judged else "",
         warmup_s=p.warmup_s,
+        shadow_percent=p.shadow_percent,
     )
 
 
@@ -316,6 +330,9 @@ def live_figures_to_pb(f: d.LiveFigures) -> pb.LiveFigures:
         window_end=to_timestamp(f.window_end),
         drift=f.drift,
         drift_items={signal: sum(counts) for signal, counts in f.drift_live.items()},
+        shadow_requests=f.shadow_requests,
+        agreement=f.agreement,
+        agreement_items=f.agreement_items,
     )
 
 

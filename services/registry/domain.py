@@ -7,10 +7,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelyard.common.modelspec import InferenceConfig, Signature, TensorSpec
+from modelyard.common.modelspec import InferenceConfig, RequestParameter, Signature, TensorSpec
 from modelyard.common.states import PlanState, RunStatus, VersionStatus
 
-MODEL_TYPES = ("text_embedding", "image_embedding", "captioning")
+MODEL_TYPES = ("text_embedding", "image_embedding", "captioning", "generic")
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,8 @@ class ModelVersion:
 class Route:
     version: str
     weight: int
+    # On a weight-0 route: percent of unpinned requests workers mirror to it (shadow traffic).
+    mirror_percent: int = 0
 
 
 @dataclass
@@ -131,6 +133,10 @@ class SeriesCounters:
     latency_sum_s: float
     # By signal: (the deployment's reference histogram, cumulative live counts); modelyard.common.drift
     drift: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
+    # Mirrored requests among `requests`, and their agreement with the primary (summed over items).
+    shadow_requests: int = 0
+    agreement_sum: float = 0.0
+    agreement_items: int = 0
 
 
 @dataclass
@@ -191,6 +197,10 @@ class LiveFigures:
     drift_reference: dict[str, list[int]] = field(default_factory=dict)
     drift_live: dict[str, list[int]] = field(default_factory=dict)
     drift: dict[str, float] = field(default_factory=dict)  # scores, where enough items
+    shadow_requests: int = 0
+    agreement_sum: float = 0.0
+    agreement_items: int = 0
+    agreement: float = 0.0  # agreement_sum / agreement_items; 0 without items
 
 
 @dataclass
@@ -352,6 +362,7 @@ class RolloutPlan:
     outcome: str = ""
     judgement: Judgement | None = None
     warmup_s: float = 0.0
+    shadow_percent: int = 0  # the shadow step's mirrored share; steps[0] is then 0
 
     @property
     def weight(self) -> int:
@@ -381,6 +392,12 @@ def signature_from_json(data: dict[str, Any] | None) -> Signature | None:
             TensorSpec(t["name"], t["datatype"], tuple(t.get("shape", ()))) for t in data["outputs"]
         ),
         embedding_dim=int(data.get("embedding_dim", 0)),
+        parameters=tuple(
+            RequestParameter(
+                p["name"], tuple((str(v), str(m)) for v, m in p.get("choices", ())), p.get("default", "")
+            )
+            for p in data.get("parameters", ())
+        ),
     )
 
 
@@ -414,7 +431,10 @@ def deployment_from_json(data: dict[str, Any]) -> Deployment:
         name=data["name"],
         model_id=data["model_id"],
         model_type=data.get("model_type", ""),
-        routes=[Route(r["version"], int(r["weight"])) for r in data.get("routes", [])],
+        routes=[
+            Route(r["version"], int(r["weight"]), int(r.get("mirror_percent", 0)))
+            for r in data.get("routes", [])
+        ],
         follow_alias=data.get("follow_alias", ""),
         signature=signature_from_json(data.get("signature")),
         revision=int(data.get("revision", 0)),

@@ -52,6 +52,11 @@ def drift(f: LiveFigures) -> float:
     return max(scores, default=math.nan)
 
 
+def agreement(f: LiveFigures) -> float:
+    """Mean agreement of the candidate's mirrored answers with the primary's (NaN without any)."""
+    return f.agreement if f.agreement_items > 0 else math.nan
+
+
 def _ratio(read: Callable[[LiveFigures], float]) -> Callable[[LiveFigures, LiveFigures], float]:
     def ratio(candidate: LiveFigures, baseline: LiveFigures) -> float:
         below = read(baseline)
@@ -71,6 +76,7 @@ CANDIDATE_METRICS: dict[str, Callable[[LiveFigures], float]] = {
     "p95_ms": _percentile("p95_ms"),
     "p99_ms": _percentile("p99_ms"),
     "drift": drift,
+    "agreement": agreement,
 }
 RELATIVE_METRICS: dict[str, Callable[[LiveFigures, LiveFigures], float]] = {
     "p50_ratio": _ratio(_percentile("p50_ms")),
@@ -79,6 +85,8 @@ RELATIVE_METRICS: dict[str, Callable[[LiveFigures, LiveFigures], float]] = {
     "error_rate_delta": _delta,
 }
 METRICS = (*CANDIDATE_METRICS, *RELATIVE_METRICS)
+# Judged in a plan's shadow step only: later steps send no mirrored copies to compare.
+SHADOW_ONLY_METRICS = frozenset({"agreement"})
 # Successful requests a percentile needs on each side before it is judged: 1 / (1 - q), so that at
 # least one observation lies above it.
 TAIL_SAMPLES = {"p50_ms": 2, "p95_ms": 20, "p99_ms": 100, "p50_ratio": 2, "p95_ratio": 20, "p99_ratio": 100}

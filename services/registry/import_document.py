@@ -360,7 +360,9 @@ def _deployment(obj: _Object) -> Deployment:
     routes = []
     for path, value in obj.entries("routes"):
         route = _Object(value, path, _ROUTE_FIELDS)
-        routes.append(Route(route.text("version"), route.integer("weight")))
+        routes.append(
+            Route(route.text("version"), route.integer("weight"), route.integer("mirror_percent", 0))
+        )
     # Checked but not kept: the importing registry assigns revisions and times, and reads the model
     # type from the model.
     obj.text("model_type", "")

@@ -157,6 +157,9 @@ def worker_figures(window: LiveWindow, series: SeriesCounters, *, window_s: floa
         window_start=window.newest_at - dt.timedelta(seconds=span),
         window_end=window.newest_at,
         latency_sum_s=series.latency_sum_s - (base.latency_sum_s if base else 0.0),
+        shadow_requests=series.shadow_requests - (base.shadow_requests if base else 0),
+        agreement_sum=series.agreement_sum - (base.agreement_sum if base else 0.0),
+        agreement_items=series.agreement_items - (base.agreement_items if base else 0),
     )
     for signal, (reference, live) in series.drift.items():
         before = base.drift.get(signal) if base else None
@@ -188,6 +191,9 @@ def total_figures(workers: Sequence[WorkerLiveFigures]) -> LiveFigures:
             total.drift_live[signal] = _add(total.drift_live.get(signal), f.drift_live[signal])
         total.samples += f.samples
         total.latency_sum_s += f.latency_sum_s
+        total.shadow_requests += f.shadow_requests
+        total.agreement_sum += f.agreement_sum
+        total.agreement_items += f.agreement_items
         total.window_s = max(total.window_s, f.window_s)
         if f.window_start is not None and (total.window_start is None or f.window_start < total.window_start):
             total.window_start = f.window_start
@@ -207,6 +213,9 @@ def _finish(figures: LiveFigures) -> None:
         quantile_from_buckets(LATENCY_BUCKETS_S, figures.buckets, q) * 1000 for q in QUANTILES
     )
     figures.mean_ms = figures.latency_sum_s / successes * 1000 if successes > 0 else 0.0
+    figures.agreement = (
+        figures.agreement_sum / figures.agreement_items if figures.agreement_items > 0 else 0.0
+    )
     figures.drift = {
         signal: js_distance(figures.drift_reference[signal], live)
         for signal, live in sorted(figures.drift_live.items())
@@ -223,6 +232,8 @@ def _not_behind(newest: SeriesCounters, base: SeriesCounters) -> bool:
     return (
         newest.requests >= base.requests
         and newest.items >= base.items
+        and newest.shadow_requests >= base.shadow_requests
+        and newest.agreement_items >= base.agreement_items
         and all(n >= b for n, b in zip(newest.buckets, base.buckets, strict=True))
         and all(newest.errors.get(code, 0) >= n for code, n in base.errors.items())
         and all(

@@ -306,7 +306,7 @@ _DEPLOYMENT_COLUMNS = "d.*, m.model_type"
 
 def _deployment(row: asyncpg.Record, versions: dict[str, ModelVersion]) -> Deployment:
     """A deployment row (with its model's `model_type`) and its routed versions."""
-    routes = [Route(r["version"], int(r["weight"])) for r in row["routes"]]
+    routes = [Route(r["version"], int(r["weight"]), int(r.get("mirror_percent", 0))) for r in row["routes"]]
     return Deployment(
         name=row["name"],
         model_id=row["model_id"],
@@ -600,36 +600,59 @@ def _counters_json(counters: LiveCounters | None) -> dict[str, Any] | None:
     return {
         "s": counters.started_at_ns,
         "u": counters.uptime_s,
-        "v": [
-            [c.deployment, c.version, c.since_s, c.requests, c.items, c.latency_sum_s, c.buckets, c.errors]
-            + ([{signal: [ref, live] for signal, (ref, live) in c.drift.items()}] if c.drift else [])
-            for c in counters.series
-        ],
+        "v": [_series_json(c) for c in counters.series],
     }
 
 
+def _series_json(c: SeriesCounters) -> list[Any]:
+    """8 fields, then the drift summaries when there are any or a shadow follows, then the shadow's
+    [requests, agreement sum, agreement items] when it mirrored any."""
+    row: list[Any] = [
+        c.deployment,
+        c.version,
+        c.since_s,
+        c.requests,
+        c.items,
+        c.latency_sum_s,
+        c.buckets,
+        c.errors,
+    ]
+    if c.drift or c.shadow_requests:
+        row.append({signal: [ref, live] for signal, (ref, live) in c.drift.items()})
+    if c.shadow_requests:
+        row.append([c.shadow_requests, c.agreement_sum, c.agreement_items])
+    return row
+
+
+def _series_from_json(row: list[Any]) -> SeriesCounters:
+    d, v, since, requests, items, latency_sum, buckets, errors, *rest = row
+    drift = rest[0] if rest else {}
+    shadow = rest[1] if len(rest) > 1 else [0, 0.0, 0]
+    return SeriesCounters(
+        deployment=d,
+        version=v,
+        since_s=float(since),
+        requests=int(requests),
+        items=int(items),
+        latency_sum_s=float(latency_sum),
+        buckets=[int(b) for b in buckets],
+        errors={str(k): int(n) for k, n in errors.items()},
+        drift={
+            str(signal): ([int(n) for n in ref], [int(n) for n in live])
+            for signal, (ref, live) in drift.items()
+        },
+        shadow_requests=int(shadow[0]),
+        agreement_sum=float(shadow[1]),
+        agreement_items=int(shadow[2]),
+    )
+
+
 def _counters_from_json(data: dict[str, Any]) -> LiveCounters:
+    # Snapshots stored before drift summaries have 8 fields per series, later ones 9 or 10.
     return LiveCounters(
         started_at_ns=int(data["s"]),
         uptime_s=float(data["u"]),
-        series=[
-            SeriesCounters(
-                deployment=d,
-                version=v,
-                since_s=float(since),
-                requests=int(requests),
-                items=int(items),
-                latency_sum_s=float(latency_sum),
-                buckets=[int(b) for b in buckets],
-                errors={str(k): int(n) for k, n in errors.items()},
-                drift={
-                    str(signal): ([int(n) for n in ref], [int(n) for n in live])
-                    for signal, (ref, live) in (drift[0] if drift else {}).items()
-                },
-            )
-            # Snapshots stored before drift summaries have 8 fields, later ones 9 with drift.
-            for d, v, since, requests, items, latency_sum, buckets, errors, *drift in data["v"]
-        ],
+        series=[_series_from_json(r) for r in data["v"]],
     )
 
 
@@ -885,6 +908,7 @@ def _plan(row: asyncpg.Record) -> RolloutPlan:
         outcome=row["outcome"],
         judgement=_judgement(row["judgement"]),
         warmup_s=row["warmup_s"],
+        shadow_percent=row["shadow_percent"],
     )
 
 
@@ -893,8 +917,8 @@ async def insert_plan(conn: Conn, *, plan: RolloutPlan) -> RolloutPlan:
     try:
         row = await conn.fetchrow(
             "INSERT INTO rollout_plans (deployment, model_id, baseline, candidate, steps, step_duration_s,"
-            " min_requests, guards, state, created_by, warmup_s)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *",
+            " min_requests, guards, state, created_by, warmup_s, shadow_percent)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING *",
             plan.deployment,
             plan.model_id,
             plan.baseline,
@@ -906,6 +930,7 @@ async def insert_plan(conn: Conn, *, plan: RolloutPlan) -> RolloutPlan:
             plan.state.value,
             plan.created_by,
             plan.warmup_s,
+            plan.shadow_percent,
         )
     except asyncpg.UniqueViolationError as exc:
         raise AlreadyExists(

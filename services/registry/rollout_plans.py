@@ -34,7 +34,7 @@ from modelyard.registry.catalog import find_version
 from modelyard.registry.db import Database
 from modelyard.registry.deployments import change_routes, find_deployment
 from modelyard.registry.domain import Deployment, Judgement, LiveFigures, RolloutPlan, Route
-from modelyard.registry.guards import Decision, Verdict, judge, parse_guards, served
+from modelyard.registry.guards import SHADOW_ONLY_METRICS, Decision, Verdict, judge, parse_guards, served
 from modelyard.registry.live_metrics import LiveEvidence
 from modelyard.registry.validation import check_semver
 
@@ -71,9 +71,14 @@ def check_steps(steps: Sequence[int]) -> list[int]:
 
 
 def step_routes(current: Deployment, plan: RolloutPlan, weight: int) -> list[Route]:
-    """Baseline and candidate at `weight` for the candidate; other (staged, weight-0) routes stay."""
-    others = [r for r in current.routes if r.version not in (plan.baseline, plan.candidate) and r.weight == 0]
-    routes = [Route(plan.candidate, weight)]
+    """Baseline and candidate at `weight` for the candidate (at 0, the shadow step: mirrored to);
+    other staged (weight-0) routes stay, without mirroring: one shadow at a time."""
+    others = [
+        Route(r.version, 0)
+        for r in current.routes
+        if r.version not in (plan.baseline, plan.candidate) and r.weight == 0
+    ]
+    routes = [Route(plan.candidate, weight, plan.shadow_percent if weight == 0 else 0)]
     if weight < 100:
         routes.insert(0, Route(plan.baseline, 100 - weight))
     return routes + others
@@ -81,7 +86,11 @@ def step_routes(current: Deployment, plan: RolloutPlan, weight: int) -> list[Rou
 
 def baseline_routes(current: Deployment, plan: RolloutPlan) -> list[Route]:
     """Back to 100% the baseline; the candidate leaves the routes (workers unload it)."""
-    others = [r for r in current.routes if r.version not in (plan.baseline, plan.candidate) and r.weight == 0]
+    others = [
+        Route(r.version, 0)
+        for r in current.routes
+        if r.version not in (plan.baseline, plan.candidate) and r.weight == 0
+    ]
     return [Route(plan.baseline, 100), *others]
 
 
@@ -130,6 +139,7 @@ class RolloutPlans:
         guards: Sequence[str],
         min_requests: int,
         warmup_s: float = 0.0,
+        shadow_percent: int = 0,
         acknowledge_incompatible: bool,
         actor: str,
         reason: str,
@@ -147,7 +157,16 @@ class RolloutPlans:
             raise InvalidArgument(
                 f"warmup_s is {warmup_s:g}; give 0 or more, less than step_duration_s ({step_duration_s:g})"
             )
+        if not 0 <= shadow_percent <= 100:
+            raise InvalidArgument(f"shadow_percent is {shadow_percent}; give 1..100, or 0 for no shadow step")
+        if shadow_percent:
+            steps = [0, *steps]
         parsed = parse_guards(guards)
+        if not shadow_percent and any(g.metric in SHADOW_ONLY_METRICS for g in parsed):
+            raise InvalidArgument(
+                "an `agreement` guard compares mirrored answers with the primary's: it needs a shadow "
+                "step (shadow_percent, `--shadow PERCENT`)"
+            )
         async with self.db.transaction() as conn:
             current = await find_deployment(conn, deployment, for_update=True)
             active = await repo.get_plan(conn, deployment=deployment, active_only=True)
@@ -180,6 +199,7 @@ class RolloutPlans:
                     step_duration_s=step_duration_s,
                     min_requests=min_requests,
                     warmup_s=warmup_s,
+                    shadow_percent=shadow_percent,
                     guards=[g.text for g in parsed],
                     state=PlanState.RUNNING,
                     step_started_at=dt.datetime.now(dt.UTC),
@@ -196,7 +216,9 @@ class RolloutPlans:
                 actor=actor,
                 reason=reason
                 or (
-                    f"rollout plan {plan.plan_id}: {version} at {steps[0]}% (steps "
+                    f"rollout plan {plan.plan_id}: {version} "
+                    + (f"shadowing {shadow_percent}% of requests" if shadow_percent else f"at {steps[0]}%")
+                    + " (steps "
                     f"{','.join(map(str, steps))}, {step_duration_s:g} s each, guards "
                     f"{'; '.join(plan.guards) or 'none'}, min {min_requests} requests)"
                 ),
@@ -345,8 +367,12 @@ class RolloutPlans:
         by_version = {v.version: v.total for v in figures.versions}
         candidate = by_version.get(plan.candidate, LiveFigures(buckets=[]))
         baseline = by_version.get(plan.baseline, LiveFigures(buckets=[]))
+        # Agreement exists only while the candidate is mirrored to (the shadow step).
+        guards = [
+            g for g in parse_guards(plan.guards) if plan.weight == 0 or g.metric not in SHADOW_ONLY_METRICS
+        ]
         verdict = judge(
-            parse_guards(plan.guards),
+            guards,
             candidate,
             baseline,
             min_requests=plan.min_requests,

@@ -324,6 +324,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             guards=list(request.guards),
             min_requests=request.min_requests,
             warmup_s=request.warmup_s,
+            shadow_percent=request.shadow_percent,
             acknowledge_incompatible=request.acknowledge_incompatible,
             actor=current_actor(),
             reason=request.reason,

@@ -15,6 +15,7 @@ from modelyard.common.artifact_roots import ArtifactLocationError, ArtifactRoots
 from modelyard.common.drift import DRIFT_BINS, SIGNALS
 from modelyard.common.errors import InvalidArgument
 from modelyard.common.latency import BUCKET_COUNT
+from modelyard.common.modelspec import ENGINES, Signature
 from modelyard.common.states import RunStatus
 from modelyard.registry.domain import MODEL_TYPES, BenchmarkRun, LiveCounters, Model, ModelVersion, Route
 
@@ -96,11 +97,43 @@ def check_version(version: ModelVersion) -> ModelVersion:
             "loader is required: the model family, e.g. sentence-transformers, open-clip, hf-captioning"
         )
     cfg = version.inference_config
-    if cfg.max_batch_size < 0 or cfg.max_delay_ms < 0:
-        raise InvalidArgument("inference_config.max_batch_size and max_delay_ms must not be negative")
+    if cfg.max_batch_size < 0 or cfg.max_delay_ms < 0 or cfg.max_batch_tokens < 0:
+        raise InvalidArgument(
+            "inference_config.max_batch_size, max_delay_ms and max_batch_tokens must not be negative"
+        )
+    if cfg.engine not in ENGINES:
+        raise InvalidArgument(
+            f"inference_config.engine {cfg.engine!r} is unknown; use {' or '.join(ENGINES)}"
+        )
+    if cfg.engine != "torch" and version.loader != "sentence-transformers":
+        raise InvalidArgument(
+            f"inference_config.engine {cfg.engine} runs sentence-transformers versions only; "
+            f"this one uses {version.loader}"
+        )
     if version.lineage.parent_version:
         check_semver(version.lineage.parent_version)
+    if version.signature is not None:
+        check_signature_parameters(version.signature)
     return version
+
+
+# What a signature's request parameters may hold: a model's prompts, not a document store.
+MAX_PARAMETER_CHOICES = 64
+MAX_PARAMETER_TEXT = 2048
+
+
+def check_signature_parameters(signature: Signature) -> None:
+    choices = [(p.name, value, meaning) for p in signature.parameters for value, meaning in p.choices]
+    if len(choices) > MAX_PARAMETER_CHOICES:
+        raise InvalidArgument(
+            f"signature.parameters lists {len(choices)} choices; at most {MAX_PARAMETER_CHOICES}"
+        )
+    for name, value, meaning in choices:
+        if len(name) + len(value) > 128 or len(meaning) > MAX_PARAMETER_TEXT:
+            raise InvalidArgument(
+                f"signature.parameters {name}.choice.{value[:32]}: names take at most 128 characters "
+                f"and each meaning at most {MAX_PARAMETER_TEXT}"
+            )
 
 
 def check_run(run: BenchmarkRun) -> BenchmarkRun:
@@ -116,7 +149,8 @@ def check_run(run: BenchmarkRun) -> BenchmarkRun:
 
 
 def check_routes(routes: Sequence[Route]) -> list[Route]:
-    """Weights are integers 0..100 summing to 100, each version once, at least one serving route."""
+    """Weights are integers 0..100 summing to 100, each version once, at least one serving route;
+    at most one route mirrors (shadow traffic), a weight-0 one, 1..100 percent."""
     if not routes:
         raise InvalidArgument(
             "a deployment needs at least one route: give version=weight pairs summing to 100"
@@ -131,6 +165,18 @@ def check_routes(routes: Sequence[Route]) -> list[Route]:
             raise InvalidArgument(
                 f"weight {route.weight} for version {route.version} is out of range: weights are 0..100"
             )
+        if not 0 <= route.mirror_percent <= 100:
+            raise InvalidArgument(
+                f"mirror percent {route.mirror_percent} for version {route.version} is out of range: 0..100"
+            )
+        if route.mirror_percent and route.weight:
+            raise InvalidArgument(
+                f"version {route.version} carries {route.weight}% of the traffic and cannot also be a "
+                "shadow; mirror only to a weight-0 (staged) version"
+            )
+    shadows = [r.version for r in routes if r.mirror_percent]
+    if len(shadows) > 1:
+        raise InvalidArgument(f"versions {', '.join(shadows)} all mirror traffic; one shadow at a time")
     total = sum(r.weight for r in routes)
     if total != 100:
         shown = ", ".join(f"{r.version}={r.weight}" for r in routes)
@@ -193,10 +239,16 @@ def check_live_counters(counters: LiveCounters) -> LiveCounters:
                 f"{name}: {len(s.buckets)} latency buckets, expected {BUCKET_COUNT} "
                 "(modelyard.common.latency: do the worker and the registry run the same release?)"
             )
-        elif min(s.requests, s.items, *s.buckets, *s.errors.values()) < 0:
+        elif (
+            min(s.requests, s.items, s.shadow_requests, s.agreement_items, *s.buckets, *s.errors.values()) < 0
+        ):
             problem = f"{name}: a counter is negative"
         elif not (math.isfinite(s.latency_sum_s) and s.latency_sum_s >= 0):
             problem = f"{name}: latency_sum_s is {s.latency_sum_s}"
+        elif s.shadow_requests > s.requests:
+            problem = f"{name}: shadow_requests {s.shadow_requests} exceed requests {s.requests}"
+        elif not (math.isfinite(s.agreement_sum) and abs(s.agreement_sum) <= s.agreement_items):
+            problem = f"{name}: agreement_sum {s.agreement_sum} is not within ±agreement_items"
         elif unknown := sorted(set(s.errors) - _STATUS_CODES):
             problem = f"{name}: errors keyed by {', '.join(unknown)}, not gRPC status code names"
         elif unknown := sorted(set(s.drift) - set(SIGNALS)):

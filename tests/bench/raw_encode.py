@@ -3,7 +3,7 @@
 It imports no gRPC, so the benchmark's client threads cannot slow it, and it waits on stdin between
 measurements, so it uses no CPU while the worker is measured.
 Commands, one per line, each answered with one JSON line: `best`, `throughput SIZE SECONDS`,
-`single N`.
+`best_whole`, `whole SIZE SECONDS` (the whole list per call, length-sorted by `encode`), `single N`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,23 @@ class RawModel:
                     count += len(batch)
         return count / (time.perf_counter() - started)
 
+    def whole(self, size: int, seconds: float) -> float:
+        """Sentences/s encoding the whole list at once with `batch_size=size`: `encode` sorts it by
+        length first, so each batch pads only to its own longest sentence (its best case)."""
+        import torch
+
+        with torch.inference_mode():
+            count, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                self.model.encode(self.sentences, batch_size=size, show_progress_bar=False)
+                count += len(self.sentences)
+        return count / (time.perf_counter() - started)
+
+    def best_whole(self, seconds: float) -> tuple[float, int]:
+        rates = {size: self.whole(size, seconds) for size in SIZES[1:]}
+        size = max(rates, key=lambda s: rates[s])
+        return rates[size], size
+
     def best(self, seconds: float) -> tuple[float, int]:
         rates = {size: self.throughput(size, seconds) for size in SIZES}
         size = max(rates, key=lambda s: rates[s])
@@ -68,6 +85,10 @@ def main() -> None:
             answer: object = model.best(3.0)
         elif command == "throughput":
             answer = model.throughput(int(args[0]), float(args[1]))
+        elif command == "best_whole":
+            answer = model.best_whole(3.0)
+        elif command == "whole":
+            answer = model.whole(int(args[0]), float(args[1]))
         elif command == "single":
             answer = model.single(int(args[0]))
         else:

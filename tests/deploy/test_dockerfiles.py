@@ -51,3 +51,34 @@ def test_image_is_multi_stage_pinned_and_non_root(path: Path) -> None:
     users = re.findall(r"^USER\s+(\S+)", final_stage, flags=re.M)
     assert users and not users[-1].startswith(("root", "0")), "the runtime stage must drop root"
     assert "-c constraints.txt" in text, "installs must follow the project's pins"
+
+
+def _extras(extra: str, table: dict[str, list[str]], seen: frozenset[str] = frozenset()) -> set[str]:
+    """The requirement names `extra` pulls in, following `modelyard[...]` self-references."""
+    names: set[str] = set()
+    for requirement in table[extra]:
+        match = re.fullmatch(r"modelyard\[([\w,-]+)\]", requirement)
+        if match:
+            for inner in match.group(1).split(","):
+                if inner not in seen:
+                    names |= _extras(inner, table, seen | {extra})
+        else:
+            names.add(re.split(r"[\[<>=;\s]", requirement, maxsplit=1)[0].lower())
+    return names
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_images_carry_the_object_store_filesystems(path: Path) -> None:
+    """Workers in a cluster read artifacts from s3:// or gs:// (docs/operations.md): the extras
+    each image installs include s3fs and gcsfs, and both are pinned."""
+    import tomllib
+
+    root = DEPLOY.parent
+    table = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    installed = re.findall(r'"\.\[([\w,-]+)\]"', path.read_text())
+    assert installed, "the image installs the project with extras"
+    names = set().union(*(_extras(e, table) for group in installed for e in group.split(",")))
+    assert {"s3fs", "gcsfs", "torch", "asyncpg"} <= names, sorted(names)
+    pins = (root / "constraints.txt").read_text()
+    for name in ("s3fs", "gcsfs", "aiobotocore", "botocore", "google-cloud-storage"):
+        assert re.search(rf"^{name}==\S+$", pins, flags=re.M | re.I), f"{name} is not pinned"

@@ -20,7 +20,7 @@ from deploy_tools import DEPLOY
 
 K8S = DEPLOY / "k8s"
 KUBERNETES_VERSION = "1.37.0"
-BUILDS = ["base", "overlays/dev", "overlays/gpu", "overlays/dev-tls-monitoring"]
+BUILDS = ["base", "overlays/dev", "overlays/gpu", "overlays/dev-tls-monitoring", "overlays/dev-s3"]
 OVERLAYS = BUILDS[1:]
 # Custom resources: their schemas come with the operator's CRDs, not with Kubernetes, so
 # kubernetes-validate has none. Their shape is checked by hand in test_service_monitor below.
@@ -50,7 +50,7 @@ def make_secrets(overlay: Path, *extra: str) -> subprocess.CompletedProcess[str]
 @pytest.fixture(scope="module")
 def k8s_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """deploy/k8s as an operator prepares it: secrets generated per overlay, plus an overlay that
-    adds both optional components."""
+    adds the TLS and monitoring components, and one that adds the S3-compatible object store."""
     root = tmp_path_factory.mktemp("k8s") / "k8s"
     shutil.copytree(K8S, root, ignore=shutil.ignore_patterns("secrets"))
     assert make_secrets(root / "overlays/dev").returncode == 0
@@ -65,6 +65,12 @@ def k8s_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (full / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../dev]\n"
         "components: [../../components/tls, ../../components/prometheus-operator]\n"
+    )
+    s3 = root / "overlays/dev-s3"
+    s3.mkdir()
+    (s3 / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../dev]\n"
+        "components: [../../components/s3-compatible]\n"
     )
     return root
 
@@ -214,6 +220,8 @@ def test_each_pod_gets_only_its_own_token_and_verifiers(rendered: dict[str, Obje
         refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e
                 and "secretKeyRef" in e["valueFrom"]}  # fmt: skip
         for variable, ref in refs.items():
+            if ref["name"] == "modelyard-object-store":
+                continue  # the operator creates it (components/s3-compatible); checked below
             value = secrets[ref["name"]][ref["key"]]  # every reference resolves to a generated key
             if variable == "MODELYARD_TOKEN":
                 assert ref["name"].startswith(f"{own_secret}-"), f"{name} holds another role's token"
@@ -285,7 +293,16 @@ def test_services_select_their_pods_and_expose_grpc_and_metrics(
         service = find(objects, "Service", name)
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert service["spec"]["selector"].items() <= pod_labels.items(), name
-        assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "metrics"}, name
+        worker = name.startswith("modelyard-worker-")
+        # Workers also serve OIP over HTTP, on the port their settings name.
+        assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "metrics"} | (
+            {"http"} if worker else set()
+        )
+        if worker:
+            [container] = deployment["spec"]["template"]["spec"]["containers"]
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+            assert env["MODELYARD_WORKER_HTTP_PORT"] == str(ports["http"]), name
         assert "modelyard.io/job" in service["metadata"]["labels"], f"{name}: ServiceMonitor would skip it"
     assert {d["metadata"]["name"] for d in modelyard_deployments(objects)} >= {
         f"modelyard-worker-{w}" for w in WORKERS
@@ -360,3 +377,38 @@ def test_console_holds_no_token_and_reaches_the_services_by_name(
     assert service["spec"].get("type", "ClusterIP") == "ClusterIP", "exposed through an ingress, not directly"
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_only_workers_read_artifacts_and_only_they_get_object_store_access(
+    rendered: dict[str, Objects], build: str
+) -> None:
+    """Artifacts live where every worker reaches them (an object store by default); workers run as
+    the one ServiceAccount a workload identity is bound to, and with the S3-compatible component
+    they alone get the endpoint and keys: the registry checks source URIs but never reads them."""
+    objects = rendered[build]
+    settings = find(objects, "ConfigMap", "modelyard-settings")["data"]
+    roots = settings["MODELYARD_ARTIFACT_ROOTS"].split(",")
+    assert roots and all(r.startswith(("s3://", "gs://", "file:///")) and r.endswith("/") for r in roots)
+    account = find(objects, "ServiceAccount", "modelyard-worker")
+    assert account["automountServiceAccountToken"] is False
+    with_s3 = "s3" in build
+    for deployment in modelyard_deployments(objects):
+        spec = deployment["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        is_worker = deployment["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+        assert (spec.get("serviceAccountName") == "modelyard-worker") == is_worker, deployment["metadata"]
+        assert spec["automountServiceAccountToken"] is False
+        env = env_of(container)
+        sources = {s["configMapRef"]["name"] for s in container.get("envFrom", []) if "configMapRef" in s}
+        assert "modelyard-settings" in sources, "the shared settings survive the component's patch"
+        gets_keys = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= env.keys()
+        assert gets_keys == (is_worker and with_s3), deployment["metadata"]["name"]
+        assert ("modelyard-object-store" in sources) == (is_worker and with_s3)
+        if gets_keys:
+            assert env["AWS_SECRET_ACCESS_KEY"] == {
+                "secretKeyRef": {"name": "modelyard-object-store", "key": "secret_access_key"}
+            }
+    if with_s3:
+        endpoint = find(objects, "ConfigMap", "modelyard-object-store")["data"]["AWS_ENDPOINT_URL"]
+        assert endpoint.startswith(("http://", "https://"))

@@ -403,6 +403,46 @@ def test_tokens_and_tls_are_enforced_when_on(stack: Stack) -> None:
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_workers_serve_oip_over_http_as_over_grpc(stack: Stack) -> None:
+    """`modelyard up` gives each worker an OIP HTTP port (HTTPS and tokens in production), listed in
+    stack.json; tritonclient.http gets the embedding the gRPC side gives for the same image."""
+    import io
+
+    import numpy as np
+    import tritonclient.http as triton
+    from PIL import Image
+
+    worker = next(w for w in stack.state["workers"] if w["deployment"] == "image-embedding")
+    url = worker["http_url"]
+    assert url.startswith("https://" if stack.production else "http://") and url.endswith("/v2"), url
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 40, 90)).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    request = oip.ModelInferRequest(
+        model_name="image-embedding",
+        inputs=[oip.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1],
+                                                       contents=oip.InferTensorContents(bytes_contents=[png]))],
+    )  # fmt: skip
+    with stack.channel(worker["address"]) as channel:
+        reply = oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            request, timeout=30, metadata=stack.call_metadata()
+        )
+    output = reply.outputs[0]
+    expected = np.array(output.contents.fp32_contents, dtype=np.float32).reshape(list(output.shape))
+    host = url.split("://", 1)[1].removesuffix("/v2")
+    options = {"ca_certs": stack.state["tls_ca_file"]} if stack.production else {}
+    headers = {"Authorization": f"Bearer {stack.reader_token}"} if stack.production else {}
+    with triton.InferenceServerClient(host, ssl=stack.production, ssl_options=options) as client:
+        image = triton.InferInput("image", [1], "BYTES")
+        image.set_data_from_numpy(np.array([png], dtype=object), binary_data=True)
+        result = client.infer("image-embedding", [image], headers=headers)
+        assert result.get_response()["model_version"] == reply.model_version
+        np.testing.assert_allclose(result.as_numpy("embedding"), expected, atol=1e-6)
+        if stack.production:
+            with pytest.raises(triton.InferenceServerException, match=r"credentials|token"):
+                client.infer("image-embedding", [image])
+
+
 def test_sigterm_stops_every_process(stack: Stack) -> None:
     pids = stack.pids()
     stack.up.send_signal(signal.SIGTERM)

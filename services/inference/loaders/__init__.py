@@ -10,9 +10,20 @@ from modelyard.inference.loaders import sentence_transformers as _sentence_trans
 from modelyard.inference.loaders.base import (
     ModelRuntime,
     create_runtime,
+    load_plugins,
+    loader_info,
     loader_names,
     preimport_all,
     register_loader,
 )
 
-__all__ = ["ModelRuntime", "create_runtime", "loader_names", "preimport_all", "register_loader"]
+load_plugins()  # after the built-ins: a plugin cannot take a built-in's name
+
+__all__ = [
+    "ModelRuntime",
+    "create_runtime",
+    "loader_info",
+    "loader_names",
+    "preimport_all",
+    "register_loader",
+]

@@ -7,13 +7,14 @@ import gc
 import io
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from modelyard.common.log import event
-from modelyard.common.modelspec import Signature
+from modelyard.common.modelspec import Signature, TensorSpec
 from modelyard.inference.domain import VersionSpec
 from modelyard.inference.errors import BadInput, UnknownLoader, UnsupportedConfig
 
@@ -93,16 +94,31 @@ class ModelRuntime(ABC):
     """One loaded model version. All methods block: call them from an executor, never the loop."""
 
     loader_name: ClassVar[str]
+    # What `modelyard loaders list` shows: the model type of this loader's versions (a registry
+    # model type: text_embedding, image_embedding, captioning or generic; empty: read from each
+    # version's signature by `models import`) and the tensors their signatures have (-1: a size
+    # each model sets).
+    model_type: ClassVar[str] = ""
+    declared_inputs: ClassVar[tuple[TensorSpec, ...]] = ()
+    declared_outputs: ClassVar[tuple[TensorSpec, ...]] = ()
 
     @classmethod
     def preimport(cls) -> None:
         """Import the family's libraries, so a worker can do it once at start (see `preimport_all`)."""
         import torch  # noqa: F401
 
-    def __init__(self, spec: VersionSpec, path: Path, *, allow_remote_code: bool = False) -> None:
+    def __init__(
+        self, spec: VersionSpec, path: Path, *, allow_remote_code: bool = False, pass_threads: int = 1
+    ) -> None:
         self.spec = spec
         self.path = path
         self.device = "cpu"
+        # What runs the passes ("torch", or what `optimize` switched to), and why not the engine
+        # the version asked for when it fell back.
+        self.engine = "torch"
+        self.engine_note = ""
+        # Intra-op threads of one serving lane, for engines that fix them when built (onnxruntime).
+        self.pass_threads = max(1, pass_threads)
         # The worker operator's setting: code from the artifact runs only when it and the version
         # both say so (see `remote_code.trust_remote_code`).
         self.allow_remote_code = allow_remote_code
@@ -117,9 +133,24 @@ class ModelRuntime(ABC):
     def prepare(self, input_name: str, items: list[bytes]) -> list[Any]:
         """Validate and decode one request's elements of one input, before batching."""
 
+    def prepare_request(
+        self, input_name: str, items: list[bytes], parameters: Mapping[str, str]
+    ) -> list[Any]:
+        """`prepare` for one request, given the request parameters the version reads: those its
+        `signature().parameters` declare, each already checked against its choices by the data
+        plane (the request's other parameters are not passed). The data plane calls this; a
+        runtime that reads no parameters only implements `prepare`, which this calls."""
+        return self.prepare(input_name, items)
+
     def prepare_is_cheap(self, input_name: str) -> bool:
         """True when `prepare` is cheap enough to run on the event loop (e.g. UTF-8 decoding)."""
         return False
+
+    def item_lengths(self, input_name: str, items: list[Any]) -> list[int] | None:
+        """Each prepared element's cost in a pass, in tokens or an estimate, when elements differ
+        (text length): the batcher groups passes and splits large requests by it, and bounds a pass
+        by `max_batch_tokens` of it. None when every element costs the same."""
+        return None
 
     @abstractmethod
     def predict(self, input_name: str, items: list[Any]) -> Outputs:
@@ -187,11 +218,75 @@ def apply_precision(module: Any, spec: VersionSpec, device: str) -> Any:
 
 
 _LOADERS: dict[str, type[ModelRuntime]] = {}
+# Loader name -> where it came from: "built-in", or the distribution of a plugin ("name version").
+_ORIGINS: dict[str, str] = {}
+# Third-party loaders: entry points `NAME = module:Class` in this group, NAME the class's loader_name.
+PLUGIN_GROUP = "modelyard.loaders"
+# Plugins left out: (entry point name, origin, reason).
+REFUSED_PLUGINS: list[tuple[str, str, str]] = []
 
 
 def register_loader(cls: type[ModelRuntime]) -> type[ModelRuntime]:
     _LOADERS[cls.loader_name] = cls
+    _ORIGINS.setdefault(
+        cls.loader_name, "built-in" if cls.__module__.startswith("modelyard.") else cls.__module__
+    )
     return cls
+
+
+def load_plugins() -> list[str]:
+    """Register every installed plugin loader (entry-point group `modelyard.loaders`); return their
+    names. A plugin that fails to import, is not a ModelRuntime named as its entry point, or takes
+    a name already registered is left out, with the reason in event `loader.plugin_refused`: one
+    broken plugin never stops a worker. Plugins are installed code, chosen by whoever installs
+    the worker; nothing here runs code from an artifact."""
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for point in entry_points(group=PLUGIN_GROUP):
+        origin = f"{point.dist.name} {point.dist.version}" if point.dist is not None else point.value
+        try:
+            cls = point.load()
+        except Exception as exc:
+            _refuse(point.name, origin, f"import failed: {type(exc).__name__}: {exc}")
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, ModelRuntime)):
+            _refuse(point.name, origin, f"{point.value} is not a ModelRuntime subclass")
+            continue
+        if getattr(cls, "loader_name", None) != point.name:
+            _refuse(point.name, origin, f"its class names loader {getattr(cls, 'loader_name', None)!r}")
+            continue
+        if _LOADERS.get(point.name, cls) is not cls:
+            _refuse(point.name, origin, f"loader {point.name!r} is already {_ORIGINS.get(point.name)}")
+            continue
+        _LOADERS[point.name] = cls
+        _ORIGINS[point.name] = origin
+        loaded.append(point.name)
+    return loaded
+
+
+def _refuse(name: str, origin: str, reason: str) -> None:
+    REFUSED_PLUGINS.append((name, origin, reason))
+    event(log, "loader.plugin_refused", level=logging.WARNING,
+          loader=name, origin=origin, reason=reason)  # fmt: skip
+
+
+def loader_info() -> list[dict[str, Any]]:
+    """Every registered loader: name, model type, declared inputs and outputs, origin."""
+
+    def tensors(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
+        return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in specs]
+
+    return [
+        {
+            "name": name,
+            "model_type": cls.model_type or "by signature",
+            "inputs": tensors(cls.declared_inputs),
+            "outputs": tensors(cls.declared_outputs),
+            "origin": _ORIGINS.get(name, "built-in"),
+        }
+        for name, cls in sorted(_LOADERS.items())
+    ]
 
 
 def preimport_all() -> None:
@@ -210,7 +305,9 @@ def loader_names() -> list[str]:
     return sorted(_LOADERS)
 
 
-def create_runtime(spec: VersionSpec, path: Path, *, allow_remote_code: bool = False) -> ModelRuntime:
+def create_runtime(
+    spec: VersionSpec, path: Path, *, allow_remote_code: bool = False, pass_threads: int = 1
+) -> ModelRuntime:
     try:
         cls = _LOADERS[spec.loader]
     except KeyError:
@@ -218,4 +315,4 @@ def create_runtime(spec: VersionSpec, path: Path, *, allow_remote_code: bool = F
             f"version {spec.model_id}:{spec.version} names loader {spec.loader!r}; "
             f"this worker has {', '.join(loader_names())}"
         ) from None
-    return cls(spec, path, allow_remote_code=allow_remote_code)
+    return cls(spec, path, allow_remote_code=allow_remote_code, pass_threads=pass_threads)

@@ -1,4 +1,4 @@
-"""`hf-captioning` loader: image -> caption with BLIP or any VisionEncoderDecoder model."""
+"""`hf-captioning` loader: image -> caption with BLIP, BLIP-2 or any VisionEncoderDecoder model."""
 
 from __future__ import annotations
 
@@ -18,27 +18,41 @@ from modelyard.inference.loaders.base import (
 from modelyard.inference.loaders.open_clip import sample_png
 from modelyard.inference.loaders.remote_code import refuse_custom_code, trust_remote_code
 
+# config.json `model_type` -> the transformers class that generates captions for it. Chosen by the
+# type the checkpoint declares, never by its directory or architecture names.
+MODEL_CLASSES = {
+    "blip": "BlipForConditionalGeneration",
+    "blip-2": "Blip2ForConditionalGeneration",
+    "vision-encoder-decoder": "VisionEncoderDecoderModel",
+}
+
 
 @register_loader
 class CaptioningRuntime(ModelRuntime):
     loader_name: ClassVar[str] = "hf-captioning"
+    model_type: ClassVar[str] = "captioning"
+    declared_inputs: ClassVar[tuple[TensorSpec, ...]] = (TensorSpec("image", "BYTES", (-1,)),)
+    declared_outputs: ClassVar[tuple[TensorSpec, ...]] = (TensorSpec("caption", "BYTES", (-1,)),)
 
     model: Any = None
     image_processor: Any = None
     tokenizer: Any = None
     max_new_tokens = 20
+    kind = ""  # config.json model_type: a key of MODEL_CLASSES
 
     @classmethod
     def preimport(cls) -> None:
         from transformers import (  # noqa: F401
             AutoImageProcessor,
             AutoTokenizer,
+            Blip2ForConditionalGeneration,
             BlipForConditionalGeneration,
             VisionEncoderDecoderModel,
         )
 
     def load(self) -> None:
         import torch
+        import transformers
         from transformers import AutoImageProcessor, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -48,20 +62,21 @@ class CaptioningRuntime(ModelRuntime):
         self.device = resolve_device(self.spec.config.device)
         config = json.loads((self.path / "config.json").read_text())
         kind = config.get("model_type", "")
-        common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust}
-        model: Any
-        if kind == "blip":
-            from transformers import BlipForConditionalGeneration
-
-            model = BlipForConditionalGeneration.from_pretrained(self.path, **common)
-        elif kind == "vision-encoder-decoder":
-            from transformers import VisionEncoderDecoderModel
-
-            model = VisionEncoderDecoderModel.from_pretrained(self.path, **common)
-        else:
+        if kind not in MODEL_CLASSES:
             raise BadInput(
-                f"hf-captioning loads BLIP or VisionEncoderDecoder checkpoints; config.json says {kind!r}"
+                "hf-captioning loads BLIP, BLIP-2 or VisionEncoderDecoder checkpoints "
+                f"(model_type {', '.join(sorted(MODEL_CLASSES))}); config.json says {kind!r}"
             )
+        if kind == "blip-2" and config.get("image_token_index") is None:
+            # Without it generate() cannot place the Q-Former's outputs (transformers >= 4.47).
+            raise BadInput(
+                "this BLIP-2 checkpoint's config.json has no image_token_index (saved before "
+                "transformers 4.47); save it again with a current Blip2Processor and model"
+            )
+        self.kind = kind
+        common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust}
+        model_class = getattr(transformers, MODEL_CLASSES[kind])
+        model: Any = model_class.from_pretrained(self.path, **common)
         self.image_processor = AutoImageProcessor.from_pretrained(self.path, **common)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, **common)
         model.eval().to(self.device)

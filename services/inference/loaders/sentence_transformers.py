@@ -6,6 +6,13 @@ two threads barely contend for the GIL. Each trace is checked against `SentenceT
 on batches of other shapes than it was traced with; a model that cannot be traced, or whose trace
 disagrees, is served through `encode` (event `model.trace_skipped` says why).
 
+Named prompts (`model.prompts`, E5's {"query": "query: ", "passage": "passage: "}) are chosen per
+request with the `prompt_name` parameter, else the model's `default_prompt_name` applies, as in
+`encode`. `prepare` puts the prompt before each text, which is all `encode` does with it unless a
+pooling leaves prompt tokens out (`include_prompt` false): such a model is served through `encode`,
+handed each prompt apart. The trace and the onnxruntime session are also checked on prompted
+batches against `encode(prompt_name=...)`, so requests with different prompts share passes.
+
 `torch.jit.trace` defines new TorchScript types in the process-wide compilation unit on every call,
 and those are never freed (a fresh trace per load grew a worker by ~21 MB per fp32+int8 swap
 cycle). So each architecture (int8 and fp32 count as two) is traced once per process, and the
@@ -22,12 +29,13 @@ import json
 import logging
 import threading
 import warnings
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
 from modelyard.common.log import event
-from modelyard.common.modelspec import Signature, TensorSpec
+from modelyard.common.modelspec import PROMPT_NAME, RequestParameter, Signature, TensorSpec
 from modelyard.inference.errors import BadInput
 from modelyard.inference.loaders.base import (
     ModelRuntime,
@@ -59,13 +67,51 @@ _TEMPLATES: dict[str, Any] = {}
 _TEMPLATES_LOCK = threading.Lock()
 
 
+# fp32 onnxruntime against `encode` (MiniLM measured 2e-7).
+_ONNX_FP32_ATOL = 1e-4
+
+
+def _norms(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
+# The token estimate of `item_lengths`: [CLS] and [SEP], and characters per token.
+_SPECIAL_TOKENS = 2
+_CHARS_PER_TOKEN = 4
+
+
+class PromptedText(str):
+    """A text with its prompt before it, as a pass tokenizes it, that remembers both parts: the
+    `encode` path hands the prompt to `encode` apart (a pooling that leaves prompt tokens out
+    needs to know where they end)."""
+
+    prompt: str
+    text: str
+
+    def __new__(cls, prompt: str, text: str) -> PromptedText:
+        prompted = super().__new__(cls, prompt + text)
+        prompted.prompt = prompt
+        prompted.text = text
+        return prompted
+
+
 @register_loader
 class SentenceTransformerRuntime(ModelRuntime):
     loader_name: ClassVar[str] = "sentence-transformers"
+    model_type: ClassVar[str] = "text_embedding"
+    declared_inputs: ClassVar[tuple[TensorSpec, ...]] = (TensorSpec("text", "BYTES", (-1,)),)
+    declared_outputs: ClassVar[tuple[TensorSpec, ...]] = (TensorSpec("embedding", "FP32", (-1, -1)),)
 
     model: Any = None
     traced: Any = None  # the TorchScript chain, or None to serve through `encode`
+    onnx: Any = None  # the onnxruntime session (`onnx_engine.OnnxChain`) when that engine serves
     _feature_names: tuple[str, ...] = ()
+    # int8 left to onnxruntime's quantizer: the torch model stays fp32 until the engine is known.
+    _quantize_later = False
+    # The model's prompts with a text (sentence-transformers adds empty `query` and `document`
+    # ones to every model), by name, and the one a request without `prompt_name` gets ("": none).
+    _prompts: dict[str, str] = {}
+    _default_prompt = ""
 
     @classmethod
     def preimport(cls) -> None:
@@ -89,12 +135,78 @@ class SentenceTransformerRuntime(ModelRuntime):
         if self.spec.config.max_sequence_length > 0:
             model.max_seq_length = self.spec.config.max_sequence_length
         model.eval()
+        config = self.spec.config
+        self._quantize_later = config.engine == "onnxruntime" and config.quantization == "int8-dynamic"
         with torch.inference_mode():
-            self.model = apply_precision(model, self.spec, self.device)
+            self.model = model if self._quantize_later else apply_precision(model, self.spec, self.device)
         self.dim = int(self.model.get_embedding_dimension() or 0)
+        self._prompts = {name: text for name, text in sorted((model.prompts or {}).items()) if text}
+        default = model.default_prompt_name or ""
+        self._default_prompt = default if default in self._prompts else ""
+        if self._prompts:
+            event(log, "model.prompts", model=self.spec.model_id, version=self.spec.version,
+                  prompts=",".join(self._prompts), default=self._default_prompt)  # fmt: skip
 
     def optimize(self) -> None:
+        if self.spec.config.engine == "onnxruntime":
+            self.onnx = self._export_onnx()
+            if self.onnx is not None:
+                self.engine = "onnxruntime"
+                return
+            if self._quantize_later and self.model is not None:  # torch quantizes after all
+                import torch
+
+                with torch.inference_mode():
+                    self.model = apply_precision(self.model, self.spec, self.device)
+            self._quantize_later = False
         self.traced = self._trace()
+
+    def _export_onnx(self) -> Any:
+        """The onnxruntime session of this version, checked against `encode`; None (and why, in
+        event `model.engine_fallback`) when it cannot serve: then torch does."""
+        model = self.model
+        if model is None:
+            return None
+        if not self.device.startswith("cpu"):
+            return self._fallback(f"onnxruntime here runs on CPU only, and the version is on {self.device}")
+        if blocker := self._prompts_need_encode():
+            return self._fallback(blocker)
+        try:
+            from modelyard.inference.loaders import onnx_engine
+
+            chain, features = _chain_of(model)
+            names = chain.names
+            session = onnx_engine.export(
+                chain, features, names, quantize=self._quantize_later, threads=self.pass_threads
+            )
+            # fp32 `encode`: int8 is onnxruntime's, not yet torch's.
+            for what, texts, expected in self._checks(_TRACE_SAMPLES):
+                got = session.run(model.preprocess(texts))
+                if got.shape != expected.shape:
+                    return self._fallback(f"onnxruntime gave shape {got.shape}, encode {expected.shape}")
+                if session.quantized:
+                    worst = float(np.min(np.sum(got * expected, axis=1) / _norms(got, expected)))
+                    if worst < onnx_engine.INT8_MIN_COSINE:
+                        return self._fallback(
+                            f"int8 onnxruntime rows reach cosine {worst:.3f} to encode on {what}, below "
+                            f"{onnx_engine.INT8_MIN_COSINE}"
+                        )
+                elif not np.allclose(got, expected, rtol=0, atol=_ONNX_FP32_ATOL):
+                    gap = float(np.max(np.abs(got - expected)))
+                    return self._fallback(
+                        f"onnxruntime differs from encode by {gap:.2e} (> {_ONNX_FP32_ATOL}) on {what}"
+                    )
+        except Exception as exc:
+            return self._fallback(f"export failed: {type(exc).__name__}: {exc}")
+        self._feature_names = names
+        event(log, "model.engine", model=self.spec.model_id, version=self.spec.version, engine="onnxruntime",
+              quantized=session.quantized)  # fmt: skip
+        return session
+
+    def _fallback(self, reason: str) -> None:
+        event(log, "model.engine_fallback", level=logging.WARNING, model=self.spec.model_id,
+              version=self.spec.version, engine="torch", reason=reason)  # fmt: skip
+        self.engine_note = reason
 
     def _trace(self) -> Any:
         import torch
@@ -102,13 +214,11 @@ class SentenceTransformerRuntime(ModelRuntime):
         model = self.model
         if model is None:  # unloaded meanwhile
             return None
-        if model.default_prompt_name:
-            return self._skip_trace("the model prepends a default prompt, which only `encode` applies")
+        if blocker := self._prompts_need_encode():
+            return self._skip_trace(blocker)
         try:  # whatever goes wrong here, the version still serves, through `encode`
-            features = model.preprocess(_TRACE_SAMPLES[0])
-            names = tuple(k for k, v in features.items() if isinstance(v, torch.Tensor))
-            constants = {k: v for k, v in features.items() if not isinstance(v, torch.Tensor)}
-            chain = _module_chain_class()(model, names, constants)
+            chain, features = _chain_of(model)
+            names = chain.names
             tensors = _named_tensors(chain) + _script_objects(chain)
             key = _architecture_key(chain, self.device)
             with _TEMPLATES_LOCK:
@@ -126,11 +236,10 @@ class SentenceTransformerRuntime(ModelRuntime):
                 else:
                     traced = _bind(copy.deepcopy(template), tensors)
             tolerance = 1e-3 if self.spec.config.dtype == "float16" else 1e-5
-            for batch in _TRACE_SAMPLES[1:]:
-                expected = self._encode(batch)
-                got = self._run_traced(traced, names, batch)
+            for what, texts, expected in self._checks(_TRACE_SAMPLES[1:]):
+                got = self._run_traced(traced, names, texts)
                 if got.shape != expected.shape or not np.allclose(got, expected, rtol=0, atol=tolerance):
-                    return self._skip_trace("the trace disagrees with encode on a batch of another shape")
+                    return self._skip_trace(f"the trace disagrees with encode on {what}")
         except Exception as exc:
             return self._skip_trace(f"tracing failed: {type(exc).__name__}: {exc}")
         self._feature_names = names
@@ -142,33 +251,111 @@ class SentenceTransformerRuntime(ModelRuntime):
         event(log, "model.trace_skipped", level=logging.WARNING, model=self.spec.model_id,
               version=self.spec.version, reason=reason)  # fmt: skip
 
+    def _prompts_need_encode(self) -> str:
+        """Why only `encode` serves this model's prompts exactly, or "" when a prompt before the
+        text is all they are."""
+        model = self.model
+        if self._prompts and any(getattr(m, "include_prompt", True) is False for m in model.modules()):
+            return (
+                "the model's pooling leaves prompt tokens out (include_prompt false), which only "
+                "`encode` does"
+            )
+        return ""
+
+    def _checks(self, batches: list[list[str]]) -> list[tuple[str, list[str], np.ndarray]]:
+        """What a faster path must reproduce: (what, the texts it is given, `encode`'s vectors),
+        for `batches` and, per prompt, a batch with that prompt before each text."""
+        checks = [(f"a batch of {len(batch)} texts", batch, self._encode(batch)) for batch in batches]
+        for name, prompt in self._prompts.items():
+            batch = _TRACE_SAMPLES[-1]
+            checks.append(
+                (
+                    f"a batch with prompt {name!r}",
+                    [prompt + text for text in batch],
+                    self._encode(batch, name=name),
+                )
+            )
+        return checks
+
     def signature(self) -> Signature:
+        parameters: tuple[RequestParameter, ...] = ()
+        if self._prompts:
+            parameters = (RequestParameter(PROMPT_NAME, tuple(self._prompts.items()), self._default_prompt),)
         return Signature(
             inputs=(TensorSpec("text", "BYTES", (-1,)),),
             outputs=(TensorSpec("embedding", "FP32", (-1, self.dim)),),
             embedding_dim=self.dim,
+            parameters=parameters,
         )
 
     def prepare(self, input_name: str, items: list[bytes]) -> list[Any]:
+        return self.prepare_request(input_name, items, {})
+
+    def prepare_request(
+        self, input_name: str, items: list[bytes], parameters: Mapping[str, str]
+    ) -> list[Any]:
+        """UTF-8 texts, each after the prompt the request names (`prompt_name`), else after the
+        model's default prompt, as `encode` does."""
         if input_name != "text":
             raise BadInput(f"input {input_name!r} is not accepted; this model takes `text` BYTES [N]")
-        return decode_texts(items, input_name)
+        texts = decode_texts(items, input_name)
+        name = parameters.get(PROMPT_NAME) or self._default_prompt
+        if not name:
+            return texts
+        prompt = self._prompts.get(name)
+        if prompt is None:  # the data plane refuses it first, from the signature
+            defined = ", ".join(self._prompts) or "none"
+            raise BadInput(f"{PROMPT_NAME} {name!r} is not a prompt of this model; it defines {defined}")
+        return [PromptedText(prompt, text) for text in texts]
 
     def prepare_is_cheap(self, input_name: str) -> bool:
         return input_name == "text"
 
+    def item_lengths(self, input_name: str, items: list[Any]) -> list[int] | None:
+        # Estimated tokens: a character count costs nothing on the event loop, where tokenizing
+        # took 78 us per text (a pass tokenizes anyway). English WordPiece averages about 4.2
+        # characters per token (MiniLM's on the benchmark's texts); cut where the model truncates.
+        model = self.model
+        limit = int(getattr(model, "max_seq_length", 0) or 0) or 1 << 20
+        return [min(limit, _SPECIAL_TOKENS + -(-len(text) // _CHARS_PER_TOKEN)) for text in items]
+
     def predict(self, input_name: str, items: list[Any]) -> Outputs:
+        session = self.onnx
+        if session is not None:
+            return {"embedding": session.run(self.model.preprocess(items))}
         traced = self.traced  # read once: `optimize` may switch it on another thread
         if traced is None:
-            return {"embedding": self._encode(items)}
+            return {"embedding": self._encode_prepared(items)}
         return {"embedding": self._run_traced(traced, self._feature_names, items)}
 
-    def _encode(self, items: list[str]) -> np.ndarray:
+    def _encode_prepared(self, items: list[str]) -> np.ndarray:
+        """`encode` of prepared texts: one call per prompt among them, each given its prompt."""
+        groups: dict[str, list[int]] = {}
+        for index, item in enumerate(items):
+            groups.setdefault(item.prompt if isinstance(item, PromptedText) else "", []).append(index)
+        texts = [item.text if isinstance(item, PromptedText) else item for item in items]
+        if len(groups) == 1:
+            return self._encode(texts, prompt=next(iter(groups)))
+        parts = [
+            (indices, self._encode([texts[i] for i in indices], prompt=p)) for p, indices in groups.items()
+        ]
+        rows = np.empty((len(items), parts[0][1].shape[1]), dtype=np.float32)
+        for indices, vectors in parts:
+            rows[indices] = vectors
+        return rows
+
+    def _encode(self, items: list[str], *, prompt: str = "", name: str | None = None) -> np.ndarray:
+        """`encode` with prompt `name`, else with `prompt` before each text ("" also overrides the
+        model's default prompt: prepared texts already carry it)."""
         import torch
 
         with torch.inference_mode():
             vectors = self.model.encode(
-                items, batch_size=max(1, len(items)), convert_to_numpy=True, show_progress_bar=False
+                items,
+                batch_size=max(1, len(items)),
+                convert_to_numpy=True,
+                show_progress_bar=False,
+                **({"prompt_name": name} if name is not None else {"prompt": prompt}),
             )
         return np.asarray(vectors, dtype=np.float32)
 
@@ -188,6 +375,7 @@ class SentenceTransformerRuntime(ModelRuntime):
     def _release(self) -> None:
         self.model = None
         self.traced = None
+        self.onnx = None
 
 
 @functools.cache
@@ -208,6 +396,17 @@ def _module_chain_class() -> type:
             return self.model(features)["sentence_embedding"]
 
     return ModuleChain
+
+
+def _chain_of(model: Any) -> tuple[Any, dict[str, Any]]:
+    """The model's module chain as a function of its tokenizer's tensors, and the tokenizer's
+    features of the first trace sample (tensors by name, the rest kept as the chain's constants)."""
+    import torch
+
+    features = model.preprocess(_TRACE_SAMPLES[0])
+    names = tuple(k for k, v in features.items() if isinstance(v, torch.Tensor))
+    constants = {k: v for k, v in features.items() if not isinstance(v, torch.Tensor)}
+    return _module_chain_class()(model, names, constants), features
 
 
 def _named_tensors(module: Any) -> list[tuple[str, Any]]:

@@ -193,7 +193,12 @@ def test_an_admin_starts_a_run_and_watches_it_progress_to_the_stored_metrics(
 
     # A reloaded page shows the run as it ended; the list links the runs to /compare.
     browser.refresh()
-    assert browser.find_element(By.ID, "job").get_attribute("data-status") == "succeeded"
+    # The live stream replaces #job as soon as it opens: read it through wait_for, which retries a
+    # stale element instead of failing on it.
+    wait_for(
+        lambda: browser.find_element(By.ID, "job").get_attribute("data-status") == "succeeded",
+        what="the reloaded run page to show the run succeeded",
+    )
     browser.find_element(By.ID, "compare-link").click()
     comparison = wait_for(lambda: browser.find_elements(By.ID, "comparison"), what="the comparison")[0]
     assert comparison.get_attribute("data-baseline") == shown[0][1]

@@ -12,11 +12,11 @@ import socket
 from support import ServerProcess, free_port
 
 from modelyard.common.auth import new_token, token_verifier
-from modelyard.console.server import _bind
+from modelyard.common.http_server import bind_tcp
 
 
 async def test_connections_the_console_accepts_have_nodelay() -> None:
-    listening = _bind("127.0.0.1", 0)
+    listening = bind_tcp("127.0.0.1", 0, "the console")
     flags: list[int] = []
 
     async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

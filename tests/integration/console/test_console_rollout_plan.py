@@ -60,18 +60,25 @@ async def asgi(
     return status, out_headers, b"".join(chunks).decode()
 
 
+async def seeded_console(registry: RegistryServer) -> Any:
+    """`text` at 100% 1.0.0 with 1.1.0 registered, and a console app on the registry."""
+    async with open_channel(registry.address) as channel:
+        stub = Stub(channel)
+        for version in ("1.0.0", "1.1.0"):
+            await register(stub, version)
+        await deploy(stub, "text", {"1.0.0": 100})
+    return create_app(
+        ConsoleSettings(registry=registry.address, benchmark="127.0.0.1:1", live_interval_s=0.2)
+    )
+
+
 def plan_section(html: str) -> dict[str, str]:
     [tag] = re.findall(r"<section class=\"plan\"[^>]*>", html)
     return dict(re.findall(r'data-([\w-]+)="([^"]*)"', tag))
 
 
 async def test_the_plan_is_shown_live_and_an_admin_controls_it(registry: RegistryServer) -> None:
-    async with open_channel(registry.address) as channel:
-        stub = Stub(channel)
-        for version in ("1.0.0", "1.1.0"):
-            await register(stub, version)
-        await deploy(stub, "text", {"1.0.0": 100})
-    app = create_app(ConsoleSettings(registry=registry.address, benchmark="127.0.0.1:1", live_interval_s=0.2))
+    app = await seeded_console(registry)
     async with RegistryClient(registry.address) as client:
         worker = TrafficWorker(client, worker_id="w1", latency_s={"1.0.0": 0.004, "1.1.0": 0.2})
         beating = asyncio.create_task(worker.run())
@@ -137,3 +144,23 @@ async def test_the_plan_is_shown_live_and_an_admin_controls_it(registry: Registr
             with contextlib.suppress(asyncio.CancelledError):
                 await beating
             await app.state.console.backends.close()
+
+
+async def test_a_shadow_step_and_a_mirrored_route_are_shown(registry: RegistryServer) -> None:
+    app = await seeded_console(registry)
+    try:
+        async with RegistryClient(registry.address) as client:
+            await client.start_rollout_plan(
+                pb.StartRolloutPlanRequest(
+                    deployment="text", version="1.1.0", steps=[50, 100], step_duration_s=600,
+                    guards=["agreement >= 0.95"], min_requests=20, shadow_percent=20,
+                )
+            )  # fmt: skip
+        status, _, html = await asgi(app, "GET", "/deployments/text")
+        assert status == 200
+        section = plan_section(html)
+        assert (section["plan-step"], section["plan-weight"]) == ("0", "0")
+        assert '<span class="step current">shadow</span>' in html
+        assert 'data-version="1.1.0" data-weight="0">1.1.0 <b>0%</b> <i class="shadow">shadow 20%</i>' in html
+    finally:
+        await app.state.console.backends.close()

@@ -90,7 +90,16 @@ async def test_steady_traffic_stays_under_and_shifted_traffic_crosses_the_thresh
 
             # The reference (400 items), then 600 more of the same distribution.
             await send(english, 1000)
-            await asyncio.sleep(0.6)  # a heartbeat sets the gauge and carries the counts
+            # A heartbeat (every 0.2 s) sets the gauge and carries the counts: wait for one that
+            # has, however busy the machine is, rather than for a fixed time.
+            deadline = time.monotonic() + 30
+            while (
+                gauge(worker.metrics_port, "output_cosine") is None
+                or gauge(worker.metrics_port, "input_size") is None
+                or "output_cosine" not in await registry_drift(registry, 30.0)
+            ):
+                assert time.monotonic() < deadline, "no drift evidence 30 s after the steady traffic"
+                await asyncio.sleep(0.2)
             steady = gauge(worker.metrics_port, "output_cosine")
             assert steady is not None and steady < THRESHOLD, steady
             size = gauge(worker.metrics_port, "input_size")
@@ -112,7 +121,7 @@ async def test_steady_traffic_stays_under_and_shifted_traffic_crosses_the_thresh
             print(f"drift: steady {steady:.3f}; crossed {THRESHOLD} after {crossed_after} shifted requests")
             # The registry's window over only the shifted traffic says the same.
             await send(gibberish, 400)
-            await asyncio.sleep(0.8)
+            await asyncio.sleep(0.8)  # the heartbeats that carry the last of it
             shifted = await registry_drift(registry, 4.0)
             assert shifted.get("output_cosine", 0.0) > THRESHOLD, shifted
     finally:

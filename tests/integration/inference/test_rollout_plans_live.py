@@ -10,25 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import shutil
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from registry_support import Stub
-from sentences import english
+from closed_loop_support import live_registry, load, seed_text
 from support import REPO_ROOT, ServerProcess
 from worker_support import registry_version
 
 from modelyard.api import registry_pb2 as rpb
 from modelyard.client import InferenceClient, ModelyardError, RegistryClient
-from modelyard.client.channel import open_channel
-from modelyard.registry.server import RegistryServer
-from modelyard.registry.settings import RegistrySettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -36,38 +29,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 # int8 version's p99 measured 1.5-3.4x fp32's (its p50 0.4-0.6x), so a p99 guard holds it back,
 # rightly on that evidence (docs/benchmarks.md). p50_ratio still catches a version 250 ms slower.
 GUARDS = ["error_rate <= 0.01", "p50_ratio <= 1.5", "drift <= 0.2"]
-
-
-@dataclass
-class Load:
-    """Closed-loop clients of `text`; every failure is counted by status code."""
-
-    address: str
-    versions: Counter[str] = field(default_factory=Counter)
-    failures: Counter[str] = field(default_factory=Counter)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def client(self, index: int) -> None:
-        rng = random.Random(index)
-        async with InferenceClient(self.address) as worker:
-            while not self.stop.is_set():
-                try:
-                    answer = await worker.embed_texts("text", [english(rng)])
-                except ModelyardError as error:
-                    self.failures[error.code.name] += 1
-                    continue
-                self.versions[answer.version] += 1
-
-
-@contextlib.asynccontextmanager
-async def load(address: str, clients: int = 4) -> AsyncIterator[Load]:
-    running = Load(address)
-    tasks = [asyncio.create_task(running.client(i)) for i in range(clients)]
-    try:
-        yield running
-    finally:
-        running.stop.set()
-        await asyncio.gather(*tasks)
 
 
 def faulty_copy(minilm: Path, target: Path, **faults: float) -> Path:
@@ -113,27 +74,11 @@ async def test_good_versions_roll_out_and_bad_ones_roll_back_on_live_evidence(
         registry_version(failing, "1.3.0", model_id="minilm", loader="faulty-sentence-transformers"),
         registry_version(other, "1.4.0", model_id="minilm"),
     ]
-    server = RegistryServer(
-        RegistrySettings(
-            database_url=database_url, host="127.0.0.1", port=0, metrics_port=None, poll_interval_s=0.5,
-            grace_period_s=1.0, heartbeat_interval_ms=200, heartbeat_ttl_s=3.0, live_window_s=60.0,
-            live_sample_interval_s=0.5, rollout_driver_interval_s=0.25,
-        )
-    )  # fmt: skip
+    server = live_registry(database_url)
     await server.start()
     worker: ServerProcess | None = None
     try:
-        async with open_channel(server.address) as channel:
-            stub = Stub(channel)
-            for v in versions:
-                await stub.RegisterVersion(
-                    rpb.RegisterVersionRequest(version=v, create_model=True, model_type=rpb.TEXT_EMBEDDING)
-                )
-            await stub.CreateDeployment(
-                rpb.CreateDeploymentRequest(
-                    name="text", model_id="minilm", routes=[rpb.Route(version="1.0.0", weight=100)]
-                )
-            )
+        await seed_text(server.address, versions)
         worker = ServerProcess(
             [
                 str(REPO_ROOT / "tests" / "fault_worker.py"), "--port", "0", "--metrics-port", "0",
@@ -153,12 +98,12 @@ async def test_good_versions_roll_out_and_bad_ones_roll_back_on_live_evidence(
                     await asyncio.sleep(0.2)
 
             # The deployment's drift reference (the worker's first 2 x 200 items) from 1.0.0 alone.
-            async with load(worker.address) as warming:
+            async with load([worker.address]) as warming:
                 while sum(warming.versions.values()) < 500:
                     await asyncio.sleep(0.2)
 
             # A good version: steps to 100% by itself, nothing fails.
-            async with load(worker.address) as steady:
+            async with load([worker.address]) as steady:
                 good = await run_plan(client, "1.1.0", step_duration_s=4.0)
                 await asyncio.sleep(1.0)  # requests after the promotion
             assert good.state == rpb.ROLLOUT_PLAN_SUCCEEDED, good.outcome
@@ -170,7 +115,7 @@ async def test_good_versions_roll_out_and_bad_ones_roll_back_on_live_evidence(
             assert [a for _, a in actions] == ["rollout.start", "rollout.step", "rollout.promote"]
 
             # Slower by 250 ms a pass: the p50 ratio fails within the first (60 s) step.
-            async with load(worker.address) as under_slow:
+            async with load([worker.address]) as under_slow:
                 started = time.monotonic()
                 slowed = await run_plan(client, "1.2.0", step_duration_s=60.0)
                 took = time.monotonic() - started
@@ -180,7 +125,7 @@ async def test_good_versions_roll_out_and_bad_ones_roll_back_on_live_evidence(
             assert under_slow.failures == Counter(), "a slow version fails nothing, it is only slow"
 
             # Every third pass fails: the error rate fails within the first step.
-            async with load(worker.address) as under_failing:
+            async with load([worker.address]) as under_failing:
                 broken = await run_plan(client, "1.3.0", step_duration_s=60.0)
             assert broken.state == rpb.ROLLOUT_PLAN_ROLLED_BACK, broken.outcome
             assert broken.step_index == 0
@@ -188,7 +133,7 @@ async def test_good_versions_roll_out_and_bad_ones_roll_back_on_live_evidence(
             assert set(under_failing.failures) == {"INTERNAL"}, under_failing.failures
             # Another model of the same dimension: nothing fails and it is fast, but its vectors are
             # not comparable with what consumers stored.
-            async with load(worker.address) as under_other:
+            async with load([worker.address]) as under_other:
                 drifted = await run_plan(client, "1.4.0", step_duration_s=60.0)
             assert drifted.state == rpb.ROLLOUT_PLAN_ROLLED_BACK, drifted.outcome
             assert drifted.step_index == 0

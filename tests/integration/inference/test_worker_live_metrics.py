@@ -30,14 +30,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from closed_loop_support import deploy_versions
 from google.protobuf import json_format
-from registry_support import Stub
 from worker_support import WorkerFactory, registry_version
 
 from modelyard.api import grpc_predict_v2_pb2 as oip
 from modelyard.api import registry_pb2 as rpb
 from modelyard.client import InferenceClient, ModelyardError, RegistryClient
-from modelyard.client.channel import open_channel
 from modelyard.common.latency import LATENCY_BUCKETS_S, bucket_index
 from modelyard.registry.server import RegistryServer
 from modelyard.registry.settings import RegistrySettings
@@ -73,22 +72,6 @@ async def registry_replica(database_url: str) -> AsyncIterator[RegistryServer]:
         yield server
     finally:
         await server.stop()
-
-
-async def deploy(address: str, name: str, versions: list[rpb.ModelVersion], routes: dict[str, int]) -> None:
-    async with open_channel(address) as channel:
-        stub = Stub(channel)
-        for version in versions:
-            await stub.RegisterVersion(
-                rpb.RegisterVersionRequest(version=version, create_model=True, model_type=rpb.TEXT_EMBEDDING)
-            )
-        await stub.CreateDeployment(
-            rpb.CreateDeploymentRequest(
-                name=name,
-                model_id=versions[0].model_id,
-                routes=[rpb.Route(version=v, weight=w) for v, w in routes.items()],
-            )
-        )
 
 
 async def converged(address: str, name: str, workers: int) -> None:
@@ -207,7 +190,7 @@ async def test_figures_agree_with_what_the_clients_measured(
     database_url: str, spawn_worker: WorkerFactory, minilm_dir: Path
 ) -> None:
     async with registry_replica(database_url) as registry, RegistryClient(registry.address) as reader:
-        await deploy(
+        await deploy_versions(
             registry.address,
             "text-embedding",
             [registry_version(minilm_dir, "1.0.0", model_id="minilm")],
@@ -267,7 +250,7 @@ async def test_two_replicas_give_the_same_two_rows_for_two_versions_at_50_50(
             registry_version(tiny_models["st0"], "1.0.0", model_id="tiny", dim=32),
             registry_version(tiny_models["st1"], "2.0.0", model_id="tiny", dim=32),
         ]
-        await deploy(one.address, "tiny", versions, {"1.0.0": 50, "2.0.0": 50})
+        await deploy_versions(one.address, "tiny", versions, {"1.0.0": 50, "2.0.0": 50})
         # Each worker heartbeats to its own replica.
         workers = [
             spawn_worker(registry=one.address, deployments=("tiny",), extra=("--worker-id", "w-one")),
@@ -312,7 +295,7 @@ async def test_a_worker_restart_reads_as_neither_a_negative_nor_a_spiking_rate(
     window_s = 12.0
     async with registry_replica(database_url) as registry, RegistryClient(registry.address) as reader:
         tiny = registry_version(tiny_models["st0"], "1.0.0", model_id="tiny", dim=32)
-        await deploy(registry.address, "tiny", [tiny], {"1.0.0": 100})
+        await deploy_versions(registry.address, "tiny", [tiny], {"1.0.0": 100})
         readings: list[tuple[float, rpb.LiveFigures]] = []
         watching = asyncio.Event()
 

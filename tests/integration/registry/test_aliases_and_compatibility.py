@@ -152,6 +152,40 @@ async def test_check_compatibility_lists_what_a_consumer_would_notice(stub: Stub
     assert "embedding dimension 768 instead of 384" in details
 
 
+E5 = {"prompt_name.choice.query": "query: ", "prompt_name.choice.passage": "passage: "}
+
+
+async def test_a_versions_prompts_are_stored_and_dropping_one_is_an_incompatibility(stub: Stub) -> None:
+    """Consumers send `prompt_name`: a routed version that no longer reads it, or no longer has one
+    of its prompts, would refuse their requests."""
+    await register(stub, "1.0.0", parameters={**E5, "prompt_name.default": "query"})
+    await register(stub, "1.1.0", parameters={**E5, "prompt_name.choice.query": "query (v2): "})
+    await register(stub, "1.2.0", parameters={"prompt_name.choice.query": "query: "})
+    await register(stub, "1.3.0")
+    stored = await stub.GetVersion(pb.GetVersionRequest(model_id="minilm", version="1.0.0"))
+    assert dict(stored.signature.parameters) == {**E5, "prompt_name.default": "query"}
+    await deploy(stub, "search", {"1.0.0": 100})
+
+    async def differences(version: str) -> list[str]:
+        found = await stub.CheckCompatibility(
+            pb.CheckCompatibilityRequest(deployment="search", version=version)
+        )
+        assert found.compatible == (not found.differences)
+        return list(found.differences)
+
+    assert await differences("1.1.0") == [], "a prompt's text may change; its name stays accepted"
+    assert await differences("1.2.0") == ["prompt_name 'passage' no longer accepted"]
+    assert await differences("1.3.0") == ["request parameter 'prompt_name' no longer read"]
+    details = await _refused(
+        stub.SetRoutes(pb.SetRoutesRequest(name="search", routes=routes_pb({"1.2.0": 100}))),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert "prompt_name 'passage' no longer accepted" in details
+    many = {f"prompt_name.choice.p{i}": "p: " for i in range(65)}
+    details = await _refused(register(stub, "1.4.0", parameters=many), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "at most 64" in details
+
+
 async def test_check_compatibility_of_another_models_version(stub: Stub) -> None:
     await register(stub, "1.0.0")
     await register(stub, "1.0.0", model_id="clip-text")  # same signature, other model

@@ -150,3 +150,39 @@ async def test_malformed_page_token_and_gate(seeded: Stub) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
         "metric op number",
     )
+
+
+@pytest.mark.parametrize(
+    ("routes", "words"),
+    [
+        ([("1.0.0", 100, 20)], ("carries 100%", "weight-0")),
+        ([("1.0.0", 100, 0), ("1.1.0", 0, 101)], ("out of range",)),
+        ([("1.0.0", 100, 0), ("1.1.0", 0, -1)], ("out of range",)),
+    ],
+)
+async def test_shadow_routes_that_make_no_sense(
+    seeded: Stub, routes: list[tuple[str, int, int]], words: tuple[str, ...]
+) -> None:
+    request = pb.SetRoutesRequest(
+        name="text", routes=[pb.Route(version=v, weight=w, mirror_percent=m) for v, w, m in routes]
+    )
+    code = (
+        grpc.StatusCode.FAILED_PRECONDITION if "compatible" in words[0] else grpc.StatusCode.INVALID_ARGUMENT
+    )
+    await _expect(seeded, seeded.SetRoutes(request), code, *words)
+
+
+async def test_two_shadows_at_once_are_refused_and_one_is_stored(seeded: Stub) -> None:
+    await register(seeded, "1.2.0")
+    two = [pb.Route(version="1.0.0", weight=100), pb.Route(version="1.1.0", mirror_percent=10)]
+    two.append(pb.Route(version="1.2.0", mirror_percent=5))
+    await _expect(seeded, seeded.SetRoutes(pb.SetRoutesRequest(name="text", routes=two)),
+                  grpc.StatusCode.INVALID_ARGUMENT, "one shadow at a time")  # fmt: skip
+    one = pb.SetRoutesRequest(name="text", routes=two[:2])
+    stored = await seeded.SetRoutes(one)
+    assert [(r.version, r.weight, r.mirror_percent) for r in stored.routes] == [
+        ("1.0.0", 100, 0),
+        ("1.1.0", 0, 10),
+    ]
+    again = await seeded.GetDeployment(pb.GetDeploymentRequest(name="text"))
+    assert [r.mirror_percent for r in again.routes] == [0, 10]

@@ -8,13 +8,11 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from registry_support import checkpoint
-from support import ServerProcess, free_port, single_error_line, spawn_registry
+from support import ServerProcess, free_port, single_error_line
 
 from modelyard.cli.errors import EXIT_REFUSED
 
@@ -30,19 +28,10 @@ def _document(max_batch_size: Any = 8) -> dict[str, Any]:
                 "source_uri": "/models/minilm/1.0.0",
                 "checkpoint_hash": checkpoint("1.0.0"),
                 "loader": "sentence-transformers",
-                "inference_config": {"max_batch_size": max_batch_size},
+                "inference_config": {"max_batch_size": max_batch_size, "max_batch_tokens": 2048},
             }
         ],
     }
-
-
-@pytest.fixture
-def registry_process(database_url: str) -> Iterator[ServerProcess]:
-    process = spawn_registry(database_url)
-    try:
-        yield process
-    finally:
-        process.terminate()
 
 
 def modelyard(address: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -83,6 +72,9 @@ def test_import_then_export_to_a_file_with_json(registry_process: ServerProcess,
     assert summary == {"output": str(target), "bytes": target.stat().st_size}
     document = json.loads(target.read_text())
     assert [v["inference_config"]["max_batch_size"] for v in document["versions"]] == [8]
+    assert [v["inference_config"]["max_batch_tokens"] for v in document["versions"]] == [2048]
+    shown = modelyard(registry_process.address, "models", "show", "minilm", "1.0.0")
+    assert "batch 8 (2048 tokens)" in shown.stdout, shown.stdout
     # Without a file, the export itself is the JSON on stdout, with or without --json.
     plain = modelyard(registry_process.address, "models", "export", "--json")
     assert json.loads(plain.stdout)["format"] == "modelyard-registry/1"
@@ -116,3 +108,29 @@ def test_registry_serve_json_logs_one_object_per_line(database_url: str) -> None
         process.terminate()
         process.wait(30)
     assert process.stdout is not None and process.stdout.read() == ""
+
+
+def test_an_imported_models_prompts_are_read_at_import_and_shown(
+    registry_process: ServerProcess, tmp_path: Path
+) -> None:
+    """E5-style prompts are part of the signature `models import` reads by loading the model: the
+    registry stores them and `models show` lists them."""
+    from prompt_support import with_prompts
+
+    from modelyard.inference.tiny_models import build_tiny_sentence_transformer
+
+    e5 = with_prompts(build_tiny_sentence_transformer(tmp_path / "st"), tmp_path / "e5", default="query")
+    store = str(tmp_path / "store")
+    imported = modelyard(
+        registry_process.address, "--json", "models", "import", str(e5), "--model", "e5", "--version",
+        "1.0.0", "--store", store,
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(imported.stdout)["signature"]["parameters"] == {
+        "prompt_name.choice.passage": "passage: ",
+        "prompt_name.choice.query": "query: ",
+        "prompt_name.default": "query",
+    }
+    shown = modelyard(registry_process.address, "models", "show", "e5", "1.0.0")
+    assert shown.returncode == 0, shown.stderr
+    assert "prompt_name: passage='passage: ', query='query: ' (default query)" in shown.stdout, shown.stdout

@@ -43,5 +43,7 @@ async def test_twenty_concurrent_route_changes(stub: Stub, database_url: str) ->
     final = await stub.GetDeployment(pb.GetDeploymentRequest(name="text"))
     last_state = json.loads(events[-1]["state"])
     assert final.revision == events[-1]["revision"]
-    assert [{"version": r.version, "weight": r.weight} for r in final.routes] == last_state["routes"]
+    assert [
+        {"version": r.version, "weight": r.weight, "mirror_percent": r.mirror_percent} for r in final.routes
+    ] == last_state["routes"]
     assert {r.version: r.weight for r in final.routes} in requested

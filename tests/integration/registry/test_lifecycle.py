@@ -87,7 +87,8 @@ async def test_rollback_returns_to_previous_routes(stub: Stub) -> None:
         "deployment.rollback", "deployment.rollback", "routes.set", "routes.set", "deployment.create",
     ]  # fmt: skip
     assert json.loads(history.events[0].before_json)["routes"] == [
-        {"version": "1.0.0", "weight": 90}, {"version": "1.1.0", "weight": 10},
+        {"version": "1.0.0", "weight": 90, "mirror_percent": 0},
+        {"version": "1.1.0", "weight": 10, "mirror_percent": 0},
     ]  # fmt: skip
 
 

@@ -209,8 +209,9 @@ async def _check_status_cli(address: str, row: pb.VersionLiveFigures) -> None:
     assert "live figures, last 30 s" in out
     [cells] = [line.split() for line in out.splitlines() if line.split()[:3] == ["1.0.0", "100", "all"]]
     assert cells[5] == f"{whole.error_rate:.1%}" and "INVALID_ARGUMENT" in cells[6]
-    assert int(cells[-4]) == whole.requests == 201, cells
-    assert cells[-1] == "-", "no drift summaries in these heartbeats"
+    assert int(cells[-5]) == whole.requests == 201, cells
+    assert cells[-2] == "-", "no drift summaries in these heartbeats"
+    assert cells[-1] == "-", "no shadow copies in these heartbeats"
 
     code, out, err = await modelyard(address, "--json", "deployments", "status", "text")
     assert code == 0, err

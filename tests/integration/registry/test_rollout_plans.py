@@ -405,3 +405,63 @@ async def test_with_tokens_only_admins_drive_plans_and_bad_drift_counts_are_refu
                 assert message in refused.value.message and "nothing was stored" in refused.value.message
             workers = await admin.list_workers(pb.ListWorkersRequest(deployment="text"))
             assert [w.worker_id for w in workers.workers] == ["w1"], "the earlier good heartbeat stands"
+
+
+@pytest.mark.parametrize(
+    ("agreement", "ends"), [(0.99, pb.ROLLOUT_PLAN_SUCCEEDED), (0.6, pb.ROLLOUT_PLAN_ROLLED_BACK)]
+)
+async def test_a_shadow_step_mirrors_before_any_traffic_and_agreement_decides_it(
+    database_url: str, agreement: float, ends: int
+) -> None:
+    async with serving(database_url) as server, RegistryClient(server.address) as client:
+        await seed(server.address)
+        worker = TrafficWorker(client, worker_id="w1", agreement={"1.1.0": agreement})
+        async with traffic(worker):
+            guards = [*GUARDS, "agreement >= 0.95"]
+            started = await client.start_rollout_plan(start_request(shadow_percent=20, guards=guards))
+            assert list(started.steps) == [0, 20, 50, 100] and started.shadow_percent == 20
+            routes = (await client.get_deployment(pb.GetDeploymentRequest(name="text"))).routes
+            assert [(r.version, r.weight, r.mirror_percent) for r in routes] == [
+                ("1.0.0", 100, 0),
+                ("1.1.0", 0, 20),
+            ]
+            ended = await wait_for_end(client)
+        assert ended.state == ends, ended.outcome
+        audit = await rollout_audit(client)
+        if ends == pb.ROLLOUT_PLAN_ROLLED_BACK:
+            assert (
+                ended.step_index == 0 and "guard `agreement >= 0.95` failed: agreement = 0.6" in ended.outcome
+            )
+            assert [e.action for e in audit] == ["rollout.start", "rollout.rollback"]
+            deployment = await client.get_deployment(pb.GetDeploymentRequest(name="text"))
+            assert [(r.version, r.weight, r.mirror_percent) for r in deployment.routes] == [("1.0.0", 100, 0)]
+            return
+        assert [e.action for e in audit] == [
+            "rollout.start",
+            "rollout.step",
+            "rollout.step",
+            "rollout.promote",
+        ]
+        mirrors = [
+            {r["version"]: r["mirror_percent"] for r in json.loads(e.after_json)["routes"]} for e in audit
+        ]
+        assert mirrors[0] == {"1.0.0": 0, "1.1.0": 20} and mirrors[1] == {"1.0.0": 0, "1.1.0": 0}
+        assert "`agreement >= 0.95`: 0.99" in audit[1].reason, audit[1].reason
+        assert all("agreement" not in e.reason for e in audit[2:]), (
+            "agreement is judged in the shadow step only"
+        )
+
+
+async def test_shadow_plans_that_make_no_sense_are_refused(database_url: str) -> None:
+    async with serving(database_url) as server, RegistryClient(server.address) as client:
+        await seed(server.address)
+        cases: list[tuple[dict[str, object], str]] = [
+            ({"guards": ["agreement >= 0.9"]}, "needs a shadow step"),
+            ({"shadow_percent": 101}, "shadow_percent is 101"),
+            ({"shadow_percent": -5}, "shadow_percent is -5"),
+        ]
+        for overrides, message in cases:
+            with pytest.raises(ModelyardError) as refused:
+                await client.start_rollout_plan(start_request(**overrides))
+            assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT and message in refused.value.message
+        assert not (await rollout_audit(client))

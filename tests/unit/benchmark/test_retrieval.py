@@ -10,6 +10,7 @@ import pytest
 from modelyard.benchmark.beir import load_beir
 from modelyard.benchmark.retrieval import (
     RetrievalSuite,
+    embed_in_batches,
     ndcg_at_k,
     recall_at_k,
     reciprocal_rank,
@@ -103,3 +104,29 @@ def test_fingerprint_changes_when_the_labels_change(write_beir: WriteDataset, tm
     relabelled = write_beir(name="c", qrels="query-id\tcorpus-id\tscore\nq1\td2\t1\n")
     assert first == again
     assert RetrievalSuite(load_beir(relabelled)).fingerprint() != first
+
+
+def test_texts_are_embedded_in_length_order_and_rows_come_back_in_item_order() -> None:
+    texts = ["a" * n for n in np.random.default_rng(5).permutation(50) + 1]
+    batches: list[list[str]] = []
+
+    def embed(batch: list[str]) -> np.ndarray:
+        batches.append(batch)
+        return np.array([[len(t), 1.0] for t in batch])
+
+    vectors = embed_in_batches(
+        embed, texts, batch_size=8, what="texts", progress=lambda *_: None, start=0, span=1
+    )
+    assert vectors[:, 0].tolist() == [len(t) for t in texts]
+    assert [len(t) for batch in batches for t in batch] == list(range(1, 51))
+    images = [b"x" * n for n in (3, 1, 2)]  # images keep their order: they all cost the same
+    sent: list[list[bytes]] = []
+
+    def embed_images(batch: list[bytes]) -> np.ndarray:
+        sent.append(batch)
+        return np.ones((len(batch), 2))
+
+    embed_in_batches(
+        embed_images, images, batch_size=2, what="images", progress=lambda *_: None, start=0, span=1
+    )
+    assert sent == [images[:2], images[2:]]

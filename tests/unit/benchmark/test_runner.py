@@ -32,6 +32,7 @@ from modelyard.common.errors import (
     PermissionDenied,
     Unavailable,
 )
+from modelyard.common.modelspec import RequestParameter
 
 from .conftest import WriteDataset
 
@@ -60,7 +61,11 @@ class FakeWorker:
     async def signature(self, version: str) -> tuple[list[str], list[str]]:
         return ["text"], ["embedding"]
 
-    async def embed_texts(self, version: str, texts: Sequence[str]) -> np.ndarray:
+    async def request_parameters(self, version: str) -> tuple[RequestParameter, ...]:
+        return ()
+
+    async def embed_texts(self, version: str, texts: Sequence[str], *, prompt_name: str = "") -> np.ndarray:
+        assert not prompt_name  # these versions define no prompts
         self.calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:
             raise Unavailable("worker 127.0.0.1:1 unreachable during ModelInfer: connection refused")

@@ -1,12 +1,14 @@
 """The console's swap clock: a worker seen behind its deployment's revision and then converged on it
-gets the time since the change; one already converged when the stream started gets none."""
+gets the time since the change; one already converged when the console first looked gets none;
+only each deployment's current revision is kept."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from modelyard.console.live import SwapClock
-from modelyard.console.present import DeploymentView, WorkerView
+from modelyard.console.present import DeploymentView, SwapClock, WorkerView
 
 
 def view(revision: int, workers: dict[str, tuple[int, bool]], changed_at: float = 100.0) -> DeploymentView:
@@ -33,3 +35,14 @@ def test_a_flip_seen_by_the_stream_is_timed_from_the_change() -> None:
     assert done[0].switch_s == done[0].workers[1].switched_s == pytest.approx(0.9)
     again = clock.stamp([view(8, {"a": (8, True), "b": (8, True)})], now=130.0)
     assert again[0].switch_s == done[0].switch_s, "the first sighting counts, not the latest"
+
+
+def test_only_the_current_revision_is_kept() -> None:
+    clock = SwapClock()
+    clock.stamp([view(8, {"a": (7, True)})], now=100.1)
+    clock.stamp([view(8, {"a": (8, True)})], now=100.3)
+    clock.stamp([dataclasses.replace(view(3, {"a": (2, True)}), name="other")], now=100.3)
+    later = clock.stamp([view(9, {"a": (9, True)}, changed_at=200.0)], now=200.5)
+    assert later[0].workers[0].switched_s is None, "never seen behind revision 9"
+    kept = clock._behind | set(clock._switched)
+    assert kept == {("other", 3, "a")}, "revision 8 forgotten, the other deployment kept"

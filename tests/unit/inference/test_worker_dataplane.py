@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +66,34 @@ async def test_requests_are_served_and_name_their_version(plane: Plane, tiny_st:
     assert embedding.name == "embedding" and embedding.shape == [2, 32]
     meta = plane.dataplane.model_metadata("emb")
     assert meta.versions == ["1.0.0"] and meta.inputs[0].name == "text"
+
+
+async def test_a_large_request_of_mixed_lengths_is_split_and_answers_as_encode(
+    plane: Plane, tiny_st: Path
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    await _apply(plane, deployment_spec("mixed", {"1.0.0": 100}, [version_spec(tiny_st, "1.0.0")]))
+    rng = np.random.default_rng(3)
+    texts = [" ".join(f"w{rng.integers(100)}" for _ in range(rng.integers(1, 120))) for _ in range(16)]
+    passes: list[int] = []
+    loaded = plane.table.get("mixed").versions["1.0.0"]
+    two = DataPlane(plane.table, plane.dataplane._executor, instances=2)
+    predict = loaded.runtime.predict
+
+    def counting(name: str, items: list[Any]) -> Any:
+        passes.append(len(items))
+        return predict(name, items)
+
+    loaded.runtime.predict = counting
+    try:
+        response = await two.infer(_text("mixed", texts))
+    finally:
+        del loaded.runtime.predict
+    assert passes == [4, 4, 4, 4]  # a pass's share of max_batch_size 16 with two instances is 5
+    got = np.asarray(response.outputs[0].data).reshape(16, -1)
+    expected = SentenceTransformer(str(tiny_st), device="cpu").encode(texts)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -140,3 +170,90 @@ async def test_canary_weights_split_unpinned_requests(
     a = (await plane.dataplane.infer(_text("emb", ["x"], version="1"))).outputs[0].data
     b = (await plane.dataplane.infer(_text("emb", ["x"], version="2"))).outputs[0].data
     assert not np.allclose(np.asarray(a), np.asarray(b))  # they really are different models
+
+
+async def _settle(dataplane: DataPlane) -> None:
+    for _ in range(500):
+        if not dataplane._shadow_tasks:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("shadow calls did not finish")
+
+
+async def test_a_shadow_gets_a_copy_of_unpinned_requests_and_callers_only_the_primary_answer(
+    plane: Plane, tiny_st: Path, tiny_st_other: Path
+) -> None:
+    v1, v2 = version_spec(tiny_st, "1"), version_spec(tiny_st_other, "2")
+    spec = dataclasses.replace(deployment_spec("sh", {"1": 100, "2": 0}, [v1, v2]), mirrors=(("2", 100),))
+    await _apply(plane, spec)
+    texts = ["the cat sat on the mat", "a much longer sentence about serving models without restarts"]
+    alone = np.asarray((await plane.dataplane.infer(_text("sh", texts, version="1"))).outputs[0].data)
+    other = np.asarray((await plane.dataplane.infer(_text("sh", texts, version="2"))).outputs[0].data)
+    await _settle(plane.dataplane)
+    before = plane.dataplane.counters.series("sh", "2").shadow_requests  # pinned calls are never mirrored
+    responses = [await plane.dataplane.infer(_text("sh", texts)) for _ in range(10)]
+    assert {r.version for r in responses} == {"1"}
+    for r in responses:
+        np.testing.assert_array_equal(np.asarray(r.outputs[0].data), alone)
+    await _settle(plane.dataplane)
+    series = plane.dataplane.counters.series("sh", "2")
+    assert before == 0 and series.shadow_requests == 10
+    assert series.requests == 11 and series.items == 2 + 20  # the pinned call and the ten copies
+    assert series.agreement_items == 20
+    unit = lambda m: m / np.linalg.norm(m, axis=1, keepdims=True)  # noqa: E731
+    expected = float((unit(alone) * unit(other)).sum(axis=1).mean())
+    assert series.agreement_sum / series.agreement_items == pytest.approx(expected, abs=1e-5)
+    assert expected < 0.99  # two different models: agreement says so
+
+
+async def test_a_failing_shadow_never_fails_the_primary_and_counts_its_errors(
+    plane: Plane, tiny_st: Path, tiny_st_other: Path
+) -> None:
+    v1, v2 = version_spec(tiny_st, "1"), version_spec(tiny_st_other, "2")
+    spec = dataclasses.replace(deployment_spec("shf", {"1": 100, "2": 0}, [v1, v2]), mirrors=(("2", 100),))
+    await _apply(plane, spec)
+    shadow = plane.table.get("shf").versions["2"]
+
+    def broken(name: str, items: list[Any]) -> Any:
+        raise RuntimeError("shadow exploded")
+
+    shadow.runtime.predict = broken
+    try:
+        responses = await asyncio.gather(*(plane.dataplane.infer(_text("shf", ["x", "y"])) for _ in range(8)))
+        await _settle(plane.dataplane)
+    finally:
+        del shadow.runtime.predict
+    assert {r.version for r in responses} == {"1"}
+    series = plane.dataplane.counters.series("shf", "2")
+    assert series.shadow_requests == 8 and series.errors == {"INTERNAL": 8}
+    assert shadow.inflight == 0  # every copy released the version
+
+
+async def test_mirroring_is_bounded_and_drops_what_exceeds_the_limit(
+    plane: Plane, tiny_st: Path, tiny_st_other: Path
+) -> None:
+    from modelyard.inference.shadow import SHADOW_ITEMS_IN_FLIGHT
+
+    v1, v2 = version_spec(tiny_st, "1"), version_spec(tiny_st_other, "2")
+    spec = dataclasses.replace(deployment_spec("shb", {"1": 100, "2": 0}, [v1, v2]), mirrors=(("2", 100),))
+    await _apply(plane, spec)
+    shadow = plane.table.get("shb").versions["2"]
+    gate = threading.Event()
+    predict = shadow.runtime.predict
+
+    def slow(name: str, items: list[Any]) -> Any:
+        gate.wait(10)
+        return predict(name, items)
+
+    shadow.runtime.predict = slow
+    try:
+        count = SHADOW_ITEMS_IN_FLIGHT // 8 + 4
+        responses = [await plane.dataplane.infer(_text("shb", ["w"] * 8)) for _ in range(count)]
+        assert plane.dataplane._shadow_items == SHADOW_ITEMS_IN_FLIGHT  # the rest were not mirrored
+        gate.set()
+        await _settle(plane.dataplane)
+    finally:
+        gate.set()
+        del shadow.runtime.predict
+    assert len(responses) == count and {r.version for r in responses} == {"1"}
+    assert plane.dataplane.counters.series("shb", "2").shadow_requests == SHADOW_ITEMS_IN_FLIGHT // 8

@@ -74,6 +74,24 @@ def test_sentence_transformers_matches_the_library_and_quantizes(tiny_st: Path) 
     quantized.unload()
 
 
+def test_text_lengths_are_estimated_tokens_cut_where_the_model_truncates(tiny_st: Path) -> None:
+    runtime = _st_runtime(version_spec(tiny_st, "1", max_sequence_length=64), tiny_st)
+    runtime.load()
+    texts = ["hi", "a sentence of a few words", "word " * 200]
+    lengths = runtime.item_lengths("text", texts)
+    # [CLS] + [SEP] + ceil(characters / 4); the 1000-character text counts as the 64 tokens it is cut to.
+    assert lengths == [3, 2 + 7, 64]
+    runtime.unload()
+
+
+def test_the_token_budget_of_a_batch_defaults_by_device() -> None:
+    from modelyard.common.modelspec import CPU_BATCH_TOKENS, CUDA_BATCH_TOKENS, InferenceConfig
+
+    assert InferenceConfig().batch_tokens("cpu") == CPU_BATCH_TOKENS == 1024
+    assert InferenceConfig().batch_tokens("cuda:1") == CUDA_BATCH_TOKENS == 16384
+    assert InferenceConfig(max_batch_tokens=300).batch_tokens("cuda") == 300
+
+
 SHAPES = [
     ["one"],
     ["a", "a longer sentence with rather more tokens in it", "mid-sized sentence"],
@@ -112,7 +130,9 @@ def test_sentence_transformers_serves_a_verified_trace_equal_to_encode(
     assert traces[0] == traces[1]  # one TorchScript trace for both versions
 
 
-def test_a_model_with_a_default_prompt_is_served_through_encode(tiny_st: Path, tmp_path: Path) -> None:
+def test_a_model_with_a_default_prompt_keeps_its_trace_and_prepare_applies_the_prompt(
+    tiny_st: Path, tmp_path: Path
+) -> None:
     from sentence_transformers import SentenceTransformer
 
     prompted = tmp_path / "prompted"
@@ -125,9 +145,9 @@ def test_a_model_with_a_default_prompt_is_served_through_encode(tiny_st: Path, t
     runtime = _st_runtime(version_spec(prompted, "1"), prompted)
     runtime.load()
     runtime.optimize()
-    assert runtime.traced is None  # a trace would leave the prompt out
+    assert runtime.traced is not None  # checked against encode on prompted batches too
     texts = SHAPES[1]
-    served = _embedding(runtime.predict("text", texts))
+    served = _embedding(runtime.predict("text", runtime.prepare("text", [t.encode() for t in texts])))
     np.testing.assert_allclose(
         served, SentenceTransformer(str(prompted), device="cpu").encode(texts), atol=1e-5
     )
@@ -158,10 +178,13 @@ def test_open_clip_embeds_images_and_texts_in_one_space(tiny_clip: Path) -> None
         quantized.predict("image", quantized.prepare("image", [png((255, 0, 0)), png((0, 0, 255))]))
     )
     assert q.shape == (2, 16) and not np.allclose(q, images["embedding"], atol=1e-6)
+    # The text tower too: open_clip asks its quantized MLP layers for their float dtype.
+    q_text = _embedding(quantized.predict("text", quantized.prepare("text", [b"a red square"])))
+    assert q_text.shape == (1, 16) and float(np.sum(q_text * _embedding(texts))) > 0.9
     quantized.unload()
 
 
-@pytest.mark.parametrize("kind", ["vision-encoder-decoder", "blip"])
+@pytest.mark.parametrize("kind", ["vision-encoder-decoder", "blip", "blip-2"])
 def test_captioning_returns_one_caption_per_image(tmp_path: Path, kind: str) -> None:
     from modelyard.inference.tiny_models import build_tiny_captioner
 
@@ -196,4 +219,65 @@ def test_a_model_that_cannot_be_traced_is_served_through_encode(
     assert runtime.traced is None
     texts = SHAPES[1]
     np.testing.assert_allclose(_embedding(runtime.predict("text", texts)), runtime._encode(texts), atol=1e-6)
+    runtime.unload()
+
+
+def test_the_onnxruntime_engine_serves_what_encode_gives_fp32_and_int8(tiny_st: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from modelyard.inference.loaders.onnx_engine import INT8_MIN_COSINE
+
+    reference = SentenceTransformer(str(tiny_st), device="cpu")
+    fp32 = _st_runtime(version_spec(tiny_st, "1", engine="onnxruntime"), tiny_st)
+    fp32.load()
+    fp32.optimize()
+    assert fp32.engine == "onnxruntime" and fp32.onnx is not None and not fp32.onnx.quantized
+    assert fp32.traced is None
+    for texts in SHAPES:
+        np.testing.assert_allclose(
+            _embedding(fp32.predict("text", texts)), reference.encode(texts), atol=1e-4
+        )
+    fp32.unload()
+    assert fp32.onnx is None
+
+    int8 = _st_runtime(
+        version_spec(tiny_st, "1-int8", engine="onnxruntime", quantization="int8-dynamic"), tiny_st
+    )
+    int8.load()
+    int8.optimize()
+    assert int8.engine == "onnxruntime" and int8.onnx.quantized
+    texts = SHAPES[2]
+    got, expected = _embedding(int8.predict("text", texts)), reference.encode(texts)
+    assert not np.allclose(got, expected, atol=1e-4)  # really int8
+    cosines = np.sum(got * expected, axis=1) / (
+        np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1)
+    )
+    assert cosines.min() >= INT8_MIN_COSINE
+    assert int8.signature() == fp32.signature()  # the engine changes neither signature nor artifact
+    int8.unload()
+
+
+def test_the_onnxruntime_engine_falls_back_to_torch_and_says_why(
+    tiny_st: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no exporter here")
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    runtime = _st_runtime(
+        version_spec(tiny_st, "1", engine="onnxruntime", quantization="int8-dynamic"), tiny_st
+    )
+    runtime.load()
+    with caplog.at_level("WARNING", logger="modelyard.inference.loaders"):
+        runtime.optimize()
+    assert runtime.engine == "torch" and runtime.onnx is None
+    assert runtime.engine_note == "export failed: RuntimeError: no exporter here"
+    (fallback,) = [r for r in caplog.records if r.getMessage() == "model.engine_fallback"]
+    assert fallback.fields["reason"] == runtime.engine_note  # type: ignore[attr-defined]
+    # It serves through torch, int8 as asked: torch quantized the model it had kept fp32 for onnxruntime.
+    assert any("quantized" in type(m).__module__ for m in runtime.model.modules())
+    texts = SHAPES[1]
+    assert _embedding(runtime.predict("text", texts)).shape == (len(texts), runtime.dim)
     runtime.unload()
