@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from modelyard.common.log import event
 from modelyard.common.states import VersionState
@@ -312,11 +313,15 @@ class DeploymentApplier:
             )
         except Exception as exc:
             raise LoadFailure(exc, transient=is_transient(exc, fetching=True)) from exc
+        fetched = time.perf_counter()
+        phases: dict[str, float] = {}
         try:
-            runtime = await loop.run_in_executor(self._load_executor, self._load_blocking, spec, path)
+            runtime = await loop.run_in_executor(self._load_executor, self._load_blocking, spec, path, phases)
         except Exception as exc:
             raise LoadFailure(exc, transient=is_transient(exc, fetching=False)) from exc
         seconds = time.perf_counter() - started
+        # Where the time went: fetching (or finding in the cache), then each step of the load.
+        timings: dict[str, Any] = {f"{name}_s": round(value, 3) for name, value in phases.items()}
         labels = (deployment, spec.model_id, spec.version)
         metrics.MODEL_LOAD_SECONDS.labels(*labels).observe(seconds)
         metrics.MODEL_LOADED.labels(*labels, spec.checkpoint_hash).set(1)
@@ -329,19 +334,23 @@ class DeploymentApplier:
             device=runtime.device,
             engine=runtime.engine,
             seconds=round(seconds, 3),
+            fetch_s=round(fetched - started, 3),
+            **timings,
         )
         return LoadedRuntime(spec, runtime, device=runtime.device)
 
-    def _load_blocking(self, spec: VersionSpec, path: Path) -> ModelRuntime:
+    def _load_blocking(self, spec: VersionSpec, path: Path, phases: dict[str, float]) -> ModelRuntime:
         runtime = create_runtime(
             spec, path, allow_remote_code=self.allow_remote_code, pass_threads=self.pass_threads
         )
         interval = sys.getswitchinterval()
         sys.setswitchinterval(_LOADING_SWITCH_INTERVAL_S)
         try:
-            runtime.load()
-            runtime.optimize()
-            runtime.warmup()
+            steps = (("load", runtime.load), ("optimize", runtime.optimize), ("warmup", runtime.warmup))
+            for name, step in steps:
+                begun = time.perf_counter()
+                step()
+                phases[name] = time.perf_counter() - begun
         except BaseException:
             runtime.unload()
             raise

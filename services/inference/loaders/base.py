@@ -6,6 +6,7 @@ import ctypes
 import gc
 import io
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
@@ -171,8 +172,11 @@ class ModelRuntime(ABC):
 
     def unload(self) -> None:
         """Drop references to weights and give memory back (CUDA cache included)."""
+        begun = time.perf_counter()
         self._release()
+        released = time.perf_counter()
         gc.collect()
+        collected = time.perf_counter()
         _trim_heap()
         try:
             import torch
@@ -181,7 +185,8 @@ class ModelRuntime(ABC):
                 torch.cuda.empty_cache()
         except ImportError:  # pragma: no cover - torch is a dependency
             pass
-        event(log, "model.unloaded", model=self.spec.model_id, version=self.spec.version)
+        event(log, "model.unloaded", model=self.spec.model_id, version=self.spec.version,
+              seconds=round(time.perf_counter() - begun, 3), gc_s=round(collected - released, 3))  # fmt: skip
 
     @abstractmethod
     def _release(self) -> None: ...

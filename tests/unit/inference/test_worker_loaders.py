@@ -130,6 +130,36 @@ def test_sentence_transformers_serves_a_verified_trace_equal_to_encode(
     assert traces[0] == traces[1]  # one TorchScript trace for both versions
 
 
+def test_a_version_loaded_again_skips_the_trace_check_and_still_equals_encode(
+    tiny_st: Path, tiny_st_other: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rollback or a swap back loads a checkpoint this process already traced and checked: the
+    check's forward passes are skipped, not the trace; other weights of the same architecture, or
+    the same weights at another precision, are checked again."""
+    import logging
+
+    def load(path: Path, max_sequence_length: int) -> tuple[SentenceTransformerRuntime, bool]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="modelyard.inference.loaders"):
+            runtime = _st_runtime(version_spec(path, "1", max_sequence_length=max_sequence_length), path)
+            runtime.load()
+            runtime.optimize()
+        (traced,) = [r.fields for r in caplog.records if r.getMessage() == "model.traced"]  # type: ignore[attr-defined]
+        assert runtime.traced is not None
+        return runtime, bool(traced["checked"])
+
+    first, checked = load(tiny_st, max_sequence_length=29)
+    assert checked
+    first.unload()
+    again, checked = load(tiny_st, max_sequence_length=29)
+    assert not checked
+    for texts in SHAPES:
+        np.testing.assert_allclose(_embedding(again.predict("text", texts)), again._encode(texts), atol=1e-5)
+    again.unload()
+    assert load(tiny_st_other, max_sequence_length=29)[1]  # other weights, same architecture
+    assert load(tiny_st, max_sequence_length=27)[1]  # same weights, another sequence length
+
+
 def test_a_model_with_a_default_prompt_keeps_its_trace_and_prepare_applies_the_prompt(
     tiny_st: Path, tmp_path: Path
 ) -> None:
