@@ -159,7 +159,9 @@ async def test_unavailable_is_retried_only_for_calls_that_change_nothing(flaky: 
 
 
 async def test_the_default_deadline_applies_to_every_unary_call(registry: RegistryServer) -> None:
-    async with RegistryClient(registry.address, timeout_s=0.001) as client:
+    # A deadline over before the call leaves: 1 ms was racy, a fast registry answered NOT_FOUND
+    # for the absent deployment inside it (seen in CI).
+    async with RegistryClient(registry.address, timeout_s=1e-6) as client:
         with pytest.raises(ModelyardError) as late:
             await client.get_rollout_status(
                 pb.GetRolloutStatusRequest(deployment="absent", wait_timeout_ms=1000)
