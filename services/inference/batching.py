@@ -13,7 +13,9 @@ items or `max_delay_ms`, run forward passes in an executor, scatter the rows bac
   up to `max_delay_ms` (from the oldest request's arrival) only while the previous pass carried
   more than one request, so a lone caller never pays it.
 - Solo lane: a lone request on an idle batcher runs on `solo_executor` when given (a thread using
-  every core), so single-request latency is that of the widest pass.
+  every core), so single-request latency is that of the widest pass. Only while nothing else in
+  the worker takes a core (`CoreUse`: other batchers' passes, a version loading): beside them its
+  threads would outnumber the cores and wait for each other at every OpenMP barrier.
 - Fair queueing by caller: a request starts at the later of the batcher's virtual time (the
   latest start tag taken) and its caller's previous finish tag, and finishes its item count later;
   passes take requests in finish-tag order. One caller alone is served in arrival order; a caller
@@ -44,7 +46,7 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -82,6 +84,37 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+class CoreUse:
+    """How many pieces of work that each keep a core busy run in the worker now: forward passes of
+    every batcher sharing its lanes, and version loads. Threads of any kind enter and leave."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def enter(self) -> int:
+        """Count one more; return how many ran before it."""
+        with self._lock:
+            self._count += 1
+            return self._count - 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._count -= 1
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.enter()
+        try:
+            yield
+        finally:
+            self.leave()
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+
 class DynamicBatcher:
     """Owned by one version; `close()` fails what is still queued and waits for the running pass."""
 
@@ -96,6 +129,7 @@ class DynamicBatcher:
         solo_executor: Executor | None = None,
         on_batch: BatchObserver | None = None,
         max_batch_tokens: int = 0,
+        core_use: CoreUse | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -115,6 +149,7 @@ class DynamicBatcher:
         self.max_batch_tokens = max_batch_tokens
         self._pass_tokens = max_batch_tokens // share if max_batch_tokens else 0
         self._solo = solo_executor
+        self._core_use = core_use or CoreUse()  # shared by the worker's batchers: see "Solo lane"
         self._on_batch = on_batch
         # Shared by the event loop (appends) and executor threads (takes), under `_lock`.
         self._lock = threading.Lock()
@@ -318,14 +353,16 @@ class DynamicBatcher:
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         """Queue one forward pass on the executor (FIFO with other batchers' passes); a lone
-        request while no other pass runs goes to the solo lane."""
+        request while nothing else takes a core goes to the solo lane."""
         if not batch:
             return
-        lone = self._solo is not None and self._running == 1 and len(batch) == 1 and not batch[0].part
+        others = self._core_use.enter()
+        lone = self._solo is not None and others == 0 and len(batch) == 1 and not batch[0].part
         executor = self._solo if lone and self._solo is not None else self._executor
         try:
             future = executor.submit(self._forward, loop, batch)
         except RuntimeError as exc:  # executor shut down
+            self._core_use.leave()
             with self._lock:
                 self._running -= 1
             _deliver(batch, None, exc)
@@ -349,6 +386,8 @@ class DynamicBatcher:
             outputs = self._run_batch(items)
         except Exception as exc:
             error = exc
+        finally:
+            self._core_use.leave()
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
             loop.call_soon_threadsafe(_deliver, batch, outputs, error)
         with self._lock:

@@ -19,7 +19,7 @@ from modelyard.common.errors import ModelyardError
 from modelyard.common.log import event
 from modelyard.common.modelspec import MODEL_PARAMETERS, Signature, TensorSpec, parameters_to_metadata
 from modelyard.inference import metrics
-from modelyard.inference.batching import DynamicBatcher
+from modelyard.inference.batching import CoreUse, DynamicBatcher
 from modelyard.inference.domain import (
     InferenceRequest,
     InferenceResponse,
@@ -69,8 +69,10 @@ class DataPlane:
         limits: ItemLimits | None = None,
         admission: Admission | None = None,
         counters: LiveCounters | None = None,
+        core_use: CoreUse | None = None,
     ) -> None:
         self.table = table
+        self.core_use = core_use or CoreUse()  # the primary lanes' work, loads included (`batching`)
         self.counters = counters or LiveCounters()
         self._executor = executor
         self._instances = instances
@@ -356,6 +358,7 @@ class DataPlane:
                 solo_executor=None if shadow else self._solo_executor,
                 on_batch=observe,
                 max_batch_tokens=loaded.spec.config.batch_tokens(runtime.device),
+                core_use=None if shadow else self.core_use,
             )
             loaded.batchers[key] = batcher
         return batcher

@@ -19,6 +19,7 @@ from modelyard.common.log import event
 from modelyard.common.states import VersionState
 from modelyard.inference import metrics
 from modelyard.inference.artifacts import ArtifactCache
+from modelyard.inference.batching import CoreUse
 from modelyard.inference.domain import DeploymentSpec, VersionSpec
 from modelyard.inference.load_retry import LoadFailure, RetryPolicy, is_transient
 from modelyard.inference.loaders import ModelRuntime, create_runtime
@@ -61,6 +62,7 @@ class DeploymentApplier:
         retry: RetryPolicy | None = None,
         allow_remote_code: bool = False,
         pass_threads: int = 1,
+        core_use: CoreUse | None = None,
     ) -> None:
         """`on_applied(name, spec)` is told what each deployment now serves after every swap (only
         the routes switched in and their versions), and `(name, None)` once it was removed."""
@@ -72,6 +74,8 @@ class DeploymentApplier:
         self._retry = retry or RetryPolicy()
         self.allow_remote_code = allow_remote_code  # the worker's setting, handed to every runtime
         self.pass_threads = pass_threads  # intra-op threads of one serving lane, for every runtime
+        # A load keeps a core busy: while one runs, lone requests stay off the solo lane (`batching`).
+        self._core_use = core_use or CoreUse()
         self.status: dict[str, DeploymentStatus] = {}
         self.last_error = ""
         self._desired: dict[str, DeploymentSpec | None] = {}
@@ -345,6 +349,7 @@ class DeploymentApplier:
         )
         interval = sys.getswitchinterval()
         sys.setswitchinterval(_LOADING_SWITCH_INTERVAL_S)
+        self._core_use.enter()
         try:
             steps = (("load", runtime.load), ("optimize", runtime.optimize), ("warmup", runtime.warmup))
             for name, step in steps:
@@ -355,6 +360,7 @@ class DeploymentApplier:
             runtime.unload()
             raise
         finally:
+            self._core_use.leave()
             sys.setswitchinterval(interval)
         return runtime
 

@@ -24,6 +24,7 @@ from modelyard.common.log import event
 from modelyard.common.server import NOT_SERVING, SERVING, GrpcServer, freeze_startup_objects
 from modelyard.inference.applied_state import AppliedState
 from modelyard.inference.artifacts import ArtifactCache
+from modelyard.inference.batching import CoreUse
 from modelyard.inference.converters import deployment_from_registry
 from modelyard.inference.dataplane import DataPlane
 from modelyard.inference.deployments import DeploymentApplier
@@ -81,6 +82,7 @@ class InferenceWorker:
         self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow", initializer=use_shadow_thread)
         event(log, "worker.lanes", instances=lanes.instances, threads_per_instance=lanes.threads_per_instance,
               solo_threads=lanes.solo_threads)  # fmt: skip
+        core_use = CoreUse()  # serving passes and loads, which the solo lane must not run beside
         self.dataplane = DataPlane(
             self.table,
             self._infer_pool,
@@ -95,6 +97,7 @@ class InferenceWorker:
                 max_request_pixels=settings.max_request_pixels,
             ),
             admission=Admission(settings.max_items_in_flight),
+            core_use=core_use,
             counters=LiveCounters(
                 drift=DriftMonitor(
                     reference_items=settings.drift_reference_items, window_items=settings.drift_window_items
@@ -125,6 +128,7 @@ class InferenceWorker:
             retry=RetryPolicy(settings.retry_initial_s, max(settings.retry_max_s, settings.retry_initial_s)),
             allow_remote_code=settings.allow_remote_code,
             pass_threads=lanes.threads_per_instance,
+            core_use=core_use,
         )
         self.server = GrpcServer(
             settings,

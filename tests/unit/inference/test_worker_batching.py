@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modelyard.inference.batching import DynamicBatcher
+from modelyard.inference.batching import CoreUse, DynamicBatcher
 
 
 class Recorder:
@@ -158,6 +158,52 @@ async def test_a_lone_request_on_an_idle_batcher_takes_the_solo_lane() -> None:
     await asyncio.gather(*(batcher.submit([i]) for i in range(2, 8)))
     assert any(t.startswith("instance") for t in recorder.threads)  # several requests: the instances
     await batcher.close()
+    pool.shutdown()
+    solo.shutdown()
+
+
+async def test_a_lone_request_stays_off_the_solo_lane_while_other_work_holds_a_core() -> None:
+    """The solo lane's threads use every core: beside another version's pass or a load they would
+    outnumber the cores, so a lone request then takes an instance."""
+    pool = ThreadPoolExecutor(2, thread_name_prefix="instance")
+    solo = ThreadPoolExecutor(1, thread_name_prefix="solo")
+    core_use = CoreUse()
+    release = threading.Event()
+
+    def slow(items: list[Any]) -> dict[str, Any]:
+        release.wait(5)
+        return {"double": np.array([[x * 2] for x in items])}
+
+    fast = Recorder()
+    old, new = (
+        DynamicBatcher(
+            run,
+            max_batch_size=8,
+            max_delay_s=0,
+            executor=pool,
+            instances=2,
+            solo_executor=solo,
+            core_use=core_use,
+        )
+        for run in (slow, fast)
+    )
+    running = asyncio.ensure_future(old.submit([1]))  # the other version's pass, still running
+    while core_use.count == 0:
+        await asyncio.sleep(0.001)
+    await new.submit([2])
+    assert fast.threads <= {"instance_0", "instance_1"} and fast.threads
+    release.set()
+    await running
+    while core_use.count:
+        await asyncio.sleep(0.001)
+    with core_use.held():  # a version loading
+        await new.submit([3])
+    assert "solo_0" not in fast.threads
+    await new.submit([4])  # the machine to itself again
+    assert "solo_0" in fast.threads
+    assert core_use.count == 0
+    for batcher in (old, new):
+        await batcher.close()
     pool.shutdown()
     solo.shutdown()
 
