@@ -202,6 +202,20 @@ def _not_found(error: Exception) -> bool:
     return getattr(error, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
 
 
+@contextmanager
+def _missing(message: str, *codes: str) -> Iterator[None]:
+    """An MLflow lookup that says its object is not there (RESOURCE_DOES_NOT_EXIST, or one of
+    `codes`) raises UsageError(`message`); any other MLflow error goes on."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as error:
+        if _not_found(error) or getattr(error, "error_code", "") in codes:
+            raise UsageError(message) from None
+        raise
+
+
 @dataclass
 class _MlflowTarget:
     download_uri: str
@@ -261,14 +275,8 @@ def _locate_registered(client: Any, source: str, store: str) -> _MlflowTarget:
             )
     if not name:
         raise UsageError(f"{source} names no registered model; give {FORMS}")
-    try:
+    with _missing(f"{source}: no registered model {name!r} in the MLflow registry at {store}"):
         registered = client.get_registered_model(name)
-    except MlflowException as error:
-        if _not_found(error):
-            raise UsageError(
-                f"{source}: no registered model {name!r} in the MLflow registry at {store}"
-            ) from None
-        raise
     try:
         if at:
             found = client.get_model_version_by_alias(name, alias)
@@ -311,37 +319,25 @@ def _logged_model_run(client: Any, model_id: str) -> str:
 
 
 def _locate_logged_model(client: Any, source: str, model_id: str, store: str) -> _MlflowTarget:
-    from mlflow.exceptions import MlflowException
-
     if not model_id.startswith("m-"):
         raise UsageError(
             f"{source}: give a version (models:/{model_id}/3) or an alias (models:/{model_id}@champion)"
         )
-    try:
+    with _missing(f"{source}: no logged model {model_id} in the tracking store at {store}"):
         logged = client.get_logged_model(model_id)
-    except MlflowException as error:
-        if _not_found(error):
-            raise UsageError(
-                f"{source}: no logged model {model_id} in the tracking store at {store}"
-            ) from None
-        raise
     return _MlflowTarget(
         download_uri=source, run_id=str(logged.source_run_id or ""), description=f"logged model {model_id}"
     )
 
 
 def _locate_run_artifacts(client: Any, source: str, store: str) -> _MlflowTarget:
-    from mlflow.exceptions import MlflowException
-
     run_id, _, path = source.removeprefix("runs:/").strip("/").partition("/")
     if not run_id:
         raise UsageError(f"{source} names no run; give runs:/RUN_ID/PATH")
-    try:
+    with _missing(
+        f"{source}: no MLflow run {run_id!r} in the tracking store at {store}", "INVALID_PARAMETER_VALUE"
+    ):
         client.get_run(run_id)
-    except MlflowException as error:
-        if _not_found(error) or getattr(error, "error_code", "") == "INVALID_PARAMETER_VALUE":
-            raise UsageError(f"{source}: no MLflow run {run_id!r} in the tracking store at {store}") from None
-        raise
     return _MlflowTarget(
         download_uri=source,
         run_id=run_id,

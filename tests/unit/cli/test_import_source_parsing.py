@@ -67,6 +67,7 @@ def mlflow_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         ("models:/reviews/latest", "the version must be a number (models:/NAME/3) or an alias"),
         ("models:/reviews", "give a version (models:/reviews/3) or an alias (models:/reviews@champion)"),
         ("runs:/0123456789abcdef0123456789abcdef/model", "no MLflow run '0123456789abcdef0123456789abcdef'"),
+        ("models:/m-0123456789abcdef", "no logged model m-0123456789abcdef in the tracking store at file://"),
     ],
 )
 def test_what_mlflow_does_not_hold_is_one_line_and_exit_2(
