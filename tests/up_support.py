@@ -16,6 +16,27 @@ from typing import Any
 
 
 @dataclass
+class UpStack:
+    """What a test of a running `modelyard up` calls: the CLI with the stack's environment."""
+
+    env: dict[str, str]  # MODELYARD_REGISTRY, the token and the CA file of the stack
+    state: dict[str, Any]  # stack.json
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "modelyard.cli.main", *args],
+            env=self.env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        if check:
+            assert done.returncode == 0, f"modelyard {' '.join(args)} -> {done.returncode}\n{done.stderr}"
+        return done
+
+    def json(self, *args: str) -> Any:
+        """`modelyard --json ARGS`, parsed."""
+        return json.loads(self.cli("--json", *args).stdout)
+
+
+@dataclass
 class RunningUp:
     process: subprocess.Popen[str]
     state: dict[str, Any]  # stack.json: addresses, URLs, the CA file with --tls

@@ -6,11 +6,8 @@ with no failed request throughout."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -22,7 +19,7 @@ from typing import Any
 import grpc
 import pytest
 from support import single_error_line
-from up_support import modelyard_up
+from up_support import UpStack, modelyard_up
 
 from modelyard.api import registry_pb2 as rpb
 from modelyard.cli.example_models import example_model_dir
@@ -33,28 +30,7 @@ DEPLOYMENT = "text-embedding"
 MODEL = "text-embedder"
 
 
-@dataclass
-class Stack:
-    up: subprocess.Popen[str]
-    state: dict[str, Any]
-    env: dict[str, str]
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [sys.executable, "-m", "modelyard.cli.main", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if check:
-            assert done.returncode == 0, f"modelyard {' '.join(args)} -> {done.returncode}\n{done.stderr}"
-        return done
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.cli("--json", *args).stdout)
-
+class Stack(UpStack):
     @property
     def text_workers(self) -> list[dict[str, Any]]:
         return [w for w in self.state["workers"] if w["deployment"] == DEPLOYMENT]
@@ -79,7 +55,7 @@ def stack() -> Iterator[Stack]:
         ) as running:  # fmt: skip
             env["MODELYARD_REGISTRY_ADDRESS"] = running.state["registry"]["address"]
             env["MODELYARD_BENCHMARK_ADDRESS"] = running.state["benchmark"]["address"]
-            yield Stack(running.process, running.state, env)
+            yield Stack(env, running.state)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -7,7 +7,6 @@ in another bucket is refused at registration."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -24,7 +23,7 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
-from up_support import modelyard_up
+from up_support import UpStack, modelyard_up
 
 from modelyard.client.sync import InferenceClient
 from modelyard.inference.artifacts import checkpoint_hash
@@ -100,23 +99,7 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectSto
         log.close()
 
 
-@dataclass
-class Stack:
-    env: dict[str, str]
-    state: dict[str, Any]
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [sys.executable, "-m", "modelyard.cli.main", *args],
-            env=self.env, capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-        if check:
-            assert done.returncode == 0, f"modelyard {' '.join(args)} -> {done.returncode}\n{done.stderr}"
-        return done
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.cli("--json", *args).stdout)
-
+class Stack(UpStack):
     def worker(self) -> InferenceClient:
         (address,) = [w["address"] for w in self.state["workers"] if w["deployment"] == DEPLOYMENT]
         return InferenceClient(
