@@ -72,7 +72,7 @@ class DataPlane:
         core_use: CoreUse | None = None,
     ) -> None:
         self.table = table
-        self.core_use = core_use or CoreUse()  # the primary lanes' work, loads included (`batching`)
+        self._core_use = core_use or CoreUse()  # the primary lanes' work, loads included (`batching`)
         self.counters = counters or LiveCounters()
         self._executor = executor
         self._instances = instances
@@ -358,7 +358,7 @@ class DataPlane:
                 solo_executor=None if shadow else self._solo_executor,
                 on_batch=observe,
                 max_batch_tokens=loaded.spec.config.batch_tokens(runtime.device),
-                core_use=None if shadow else self.core_use,
+                core_use=None if shadow else self._core_use,
             )
             loaded.batchers[key] = batcher
         return batcher

@@ -349,18 +349,17 @@ class DeploymentApplier:
         )
         interval = sys.getswitchinterval()
         sys.setswitchinterval(_LOADING_SWITCH_INTERVAL_S)
-        self._core_use.enter()
         try:
-            steps = (("load", runtime.load), ("optimize", runtime.optimize), ("warmup", runtime.warmup))
-            for name, step in steps:
-                begun = time.perf_counter()
-                step()
-                phases[name] = time.perf_counter() - begun
+            with self._core_use.held():
+                steps = (("load", runtime.load), ("optimize", runtime.optimize), ("warmup", runtime.warmup))
+                for name, step in steps:
+                    begun = time.perf_counter()
+                    step()
+                    phases[name] = time.perf_counter() - begun
         except BaseException:
             runtime.unload()
             raise
         finally:
-            self._core_use.leave()
             sys.setswitchinterval(interval)
         return runtime
 
