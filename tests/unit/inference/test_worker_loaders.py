@@ -114,6 +114,8 @@ def test_sentence_transformers_serves_a_verified_trace_equal_to_encode(
         assert runtime.traced is None  # served through encode until optimized
         runtime.optimize()
         assert runtime.traced is not None
+        # One flat module: the tracer turned no submodule into a script module of its own.
+        assert not list(runtime.traced.children())
         traces.append(len(st_loader._TEMPLATES))
         for texts in SHAPES:
             served = _embedding(runtime.predict("text", texts))
