@@ -57,7 +57,9 @@ def test_versions_of_the_same_tokenizer_files_and_settings_share_one_tokenizer(
     # Each serves what `encode` of a model built on its own gives.
     for runtime, path in ((fp32, tiny_st), (other, changed)):
         alone = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-        np.testing.assert_allclose(runtime.predict("text", TEXTS)["embedding"], alone.encode(TEXTS), atol=1e-5)
+        np.testing.assert_allclose(
+            runtime.predict("text", TEXTS)["embedding"], alone.encode(TEXTS), atol=1e-5
+        )
     # The weights differ (int8), the tokens do not.
     assert np.array_equal(
         int8.model.preprocess(TEXTS)["input_ids"].numpy(), fp32.model.preprocess(TEXTS)["input_ids"].numpy()
