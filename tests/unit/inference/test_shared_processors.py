@@ -8,7 +8,7 @@ import json
 import shutil
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from worker_support import version_spec
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 TEXTS = ["the cat sat on the mat", "hello", "a quick brown fox jumps over the lazy dog " * 8]
 
 
-def _loaded(path: Path, version: str, **config: object) -> SentenceTransformerRuntime:
+def _loaded(path: Path, version: str, **config: Any) -> SentenceTransformerRuntime:
     runtime = cast("SentenceTransformerRuntime", create_runtime(version_spec(path, version, **config), path))
     runtime.load()
     runtime.optimize()
@@ -58,7 +58,7 @@ def test_versions_of_the_same_tokenizer_files_and_settings_share_one_tokenizer(
     for runtime, path in ((fp32, tiny_st), (other, changed)):
         alone = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         np.testing.assert_allclose(
-            runtime.predict("text", TEXTS)["embedding"], alone.encode(TEXTS), atol=1e-5
+            np.asarray(runtime.predict("text", TEXTS)["embedding"]), alone.encode(TEXTS), atol=1e-5
         )
     # The weights differ (int8), the tokens do not.
     assert np.array_equal(
