@@ -97,7 +97,8 @@ def artifact_files(root: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def _hash_file_into(digest: hashlib._Hash, path: Path) -> None:
+def hash_file_into(digest: hashlib._Hash, path: Path) -> None:
+    """Feed `path`'s bytes into `digest`, a chunk at a time."""
     with path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
@@ -108,14 +109,14 @@ def checkpoint_hash(path: str | os.PathLike[str]) -> str:
     root = Path(path)
     digest = hashlib.sha256()
     if root.is_file():
-        _hash_file_into(digest, root)
+        hash_file_into(digest, root)
         return digest.hexdigest()
     if not root.is_dir():
         raise FileNotFoundError(f"no artifact at {root}")
     for relative, file in artifact_files(root):
         digest.update(relative.encode() + b"\0")
         digest.update(file.stat().st_size.to_bytes(8, "little"))
-        _hash_file_into(digest, file)
+        hash_file_into(digest, file)
     return digest.hexdigest()
 
 

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from modelyard.inference.artifacts import hash_file_into
+
 # Files that hold weights: never read by a tokenizer, and the bulk of an artifact's bytes.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".h5", ".msgpack", ".ckpt", ".gguf")
 
@@ -40,9 +42,8 @@ def files_digest(directory: Path) -> str:
     for path in sorted(p for p in directory.iterdir() if p.is_file()):
         if path.name.endswith(_WEIGHT_SUFFIXES):
             continue
-        digest.update(path.name.encode() + b"\0")
-        digest.update(path.read_bytes())
-        digest.update(b"\0")
+        digest.update(path.name.encode() + b"\0" + path.stat().st_size.to_bytes(8, "little"))
+        hash_file_into(digest, path)
     return digest.hexdigest()
 
 
