@@ -202,7 +202,6 @@ def _trim_heap() -> None:
 
 def apply_precision(module: Any, spec: VersionSpec, device: str) -> Any:
     """fp16 on CUDA when asked; int8 dynamic quantization of Linear layers on CPU when asked."""
-    import torch
 
     config = spec.config
     if device.startswith("cuda") and config.dtype == "float16":
@@ -210,15 +209,55 @@ def apply_precision(module: Any, spec: VersionSpec, device: str) -> Any:
     if config.quantization == "int8-dynamic":
         if device != "cpu":
             raise UnsupportedConfig("int8-dynamic quantization runs on CPU only; set device to `cpu`")
-        import warnings
+        return quantize_linears_int8(module)
+    if config.quantization:
+        raise UnsupportedConfig(f"unknown quantization {config.quantization!r}; use `` or `int8-dynamic`")
+    return module
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+
+def quantize_linears_int8(module: Any) -> Any:
+    """`torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, dtype=qint8, inplace=True)`,
+    bit for bit, in about half its time: torch builds each quantized Linear around a full-size
+    placeholder weight and packs it before packing the real one (MiniLM: 111 packs for 37 layers,
+    60-90 ms of a swap, GIL held). Here each layer is packed once. Modules torch would treat
+    otherwise (hooks, parametrizations, fused or pre-configured modules, one layer under two
+    names) go through torch's own path."""
+    import warnings
+
+    import torch
+    from torch.ao.nn.intrinsic import _FusedModule
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from torch.ao.nn.quantized.modules.utils import _quantize_weight
+    from torch.ao.quantization.qconfig import default_dynamic_qconfig
+    from torch.nn.utils.parametrize import is_parametrized
+
+    slots = [
+        (parent, name, child)
+        for parent in module.modules()
+        for name, child in parent._modules.items()
+        if type(child) is torch.nn.Linear
+    ]
+    plain = (
+        len({id(child) for _, _, child in slots}) == len(slots)
+        and not any(child._forward_pre_hooks or child._forward_hooks for _, _, child in slots)
+        and not any(
+            is_parametrized(m) or isinstance(m, _FusedModule) or hasattr(m, "qconfig")
+            for m in module.modules()
+        )
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized tensor creation is deprecated upstream
+        if not plain:
             return torch.ao.quantization.quantize_dynamic(
                 module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
             )
-    if config.quantization:
-        raise UnsupportedConfig(f"unknown quantization {config.quantization!r}; use `` or `int8-dynamic`")
+        for parent, name, child in slots:
+            observer = default_dynamic_qconfig.weight()
+            observer(child.weight)
+            quantized = DynamicLinear(1, 1, dtype=torch.qint8)  # packs a 1x1 stand-in, not [out, in]
+            quantized.in_features, quantized.out_features = child.in_features, child.out_features
+            quantized.set_weight_bias(_quantize_weight(child.weight.float(), observer), child.bias)
+            parent._modules[name] = quantized
     return module
 
 
