@@ -9,7 +9,6 @@ its log on stderr; `--json` makes that one JSON object per line (`--log-format j
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -314,9 +313,10 @@ def worker_group() -> None:
 def worker_serve(**values: Any) -> None:
     """Run one inference worker until SIGTERM/Ctrl-C."""
     from modelyard.common.log import configure_logging
+    from modelyard.inference.process_env import apply_defaults
     from modelyard.inference.settings import WorkerSettings
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    apply_defaults()  # before anything imports torch
     settings = build_settings(WorkerSettings, values)
     if settings.static_deployments:
         _check_static_deployments(settings.static_deployments)
