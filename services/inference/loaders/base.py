@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import io
 import itertools
@@ -104,6 +105,9 @@ class ModelRuntime(ABC):
     model_type: ClassVar[str] = ""
     declared_inputs: ClassVar[tuple[TensorSpec, ...]] = ()
     declared_outputs: ClassVar[tuple[TensorSpec, ...]] = ()
+    # The family's torch module once loaded (None before `load` and after `unload`): `warmup`
+    # maps its weights in.
+    model: Any = None
 
     @classmethod
     def preimport(cls) -> None:
@@ -171,9 +175,8 @@ class ModelRuntime(ABC):
     def warmup(self) -> None:
         """Map the torch weights in (when torch runs the passes on CPU), then run the sample
         elements through `predict`."""
-        model = getattr(self, "model", None)
-        if model is not None and self.device == "cpu" and self.engine == "torch":
-            page_in(model)
+        if self.model is not None and self.device == "cpu" and self.engine == "torch":
+            page_in(self.model)
         for name, items in self.warmup_items().items():
             self.predict(name, self.prepare(name, items))
 
@@ -211,11 +214,9 @@ def page_in(module: Any) -> int:
     they are served (a disk read if the kernel dropped the page). This maps them before the version
     serves (MiniLM 2 ms, mpnet 10 ms, the pages in the page cache), so its memory is what it shows
     at load. Packed int8 weights are in the heap already; a kernel without the advice skips it."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:  # not glibc
+    libc = _libc()
+    if libc is None:
         return 0
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     page = mmap.PAGESIZE
     ranges: dict[int, int] = {}
     for tensor in itertools.chain(module.parameters(), module.buffers()):
@@ -232,12 +233,23 @@ def page_in(module: Any) -> int:
     return asked
 
 
+@functools.cache
+def _libc() -> Any:
+    """glibc, for the heap and mapping calls above and below; None elsewhere."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        libc.malloc_trim  # noqa: B018  (glibc has it; another libc called libc.so.6 may not)
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return libc
+
+
 def _trim_heap() -> None:
     """Give freed heap pages back to the OS (glibc keeps them otherwise, and RSS never drops)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def apply_precision(module: Any, spec: VersionSpec, device: str) -> Any:

@@ -34,7 +34,6 @@ class CaptioningRuntime(ModelRuntime):
     declared_inputs: ClassVar[tuple[TensorSpec, ...]] = (TensorSpec("image", "BYTES", (-1,)),)
     declared_outputs: ClassVar[tuple[TensorSpec, ...]] = (TensorSpec("caption", "BYTES", (-1,)),)
 
-    model: Any = None
     image_processor: Any = None
     tokenizer: Any = None
     max_new_tokens = 20

@@ -39,7 +39,6 @@ class OpenClipRuntime(ModelRuntime):
     )
     declared_outputs: ClassVar[tuple[TensorSpec, ...]] = (TensorSpec("embedding", "FP32", (-1, -1)),)
 
-    model: Any = None
     preprocess: Any = None
     tokenizer: Any = None
     # Read from the loaded model: "sigmoid" for SigLIP (it has a logit bias), "softmax" for CLIP.

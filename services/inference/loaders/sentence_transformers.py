@@ -109,7 +109,6 @@ class SentenceTransformerRuntime(ModelRuntime):
     declared_inputs: ClassVar[tuple[TensorSpec, ...]] = (TensorSpec("text", "BYTES", (-1,)),)
     declared_outputs: ClassVar[tuple[TensorSpec, ...]] = (TensorSpec("embedding", "FP32", (-1, -1)),)
 
-    model: Any = None
     traced: Any = None  # the TorchScript chain, or None to serve through `encode`
     onnx: Any = None  # the onnxruntime session (`onnx_engine.OnnxChain`) when that engine serves
     _feature_names: tuple[str, ...] = ()

@@ -18,24 +18,18 @@ from modelyard.inference.loaders.base import page_in
 
 def _mapping_of(address: int) -> tuple[str, int, int]:
     """The file, size and resident kB of this process's mapping that holds `address`."""
-    found: tuple[str, int, int] | None = None
-    name, inside = "", False
-    size = 0
+    name, size, inside = "", 0, False
     with open("/proc/self/smaps") as smaps:
         for line in smaps:
             fields = line.split()
-            if "-" in fields[0] and not fields[0].endswith(":"):
-                if found is None and inside:
-                    break
+            if not fields[0].endswith(":"):  # a mapping's header: start-end perms offset dev inode [path]
                 start, end = (int(x, 16) for x in fields[0].split("-"))
-                inside, name = start <= address < end, fields[-1] if len(fields) > 5 else ""
+                inside, name = start <= address < end, fields[5] if len(fields) > 5 else ""
             elif inside and fields[0] == "Size:":
                 size = int(fields[1])
             elif inside and fields[0] == "Rss:":
-                found = (name, size, int(fields[1]))
-                break
-    assert found is not None, hex(address)
-    return found
+                return name, size, int(fields[1])
+    raise AssertionError(f"no mapping holds {address:#x}")
 
 
 @pytest.fixture
